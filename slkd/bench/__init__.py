@@ -1,0 +1,1 @@
+"""slkd-bench: method x seed comparisons and their reports."""

@@ -1,0 +1,1 @@
+"""Glue to the mdistiller host. Everything here may import mdistiller, lazily."""

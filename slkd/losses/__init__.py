@@ -1,0 +1,1 @@
+"""Pure-torch losses: no mdistiller, no config."""

@@ -1,0 +1,1 @@
+"""Launcher, run records, checkpoints, teacher and data fetching."""
