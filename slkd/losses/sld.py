@@ -1,0 +1,342 @@
+"""Swapped Logit Distillation (Limantoro et al., Multimedia Systems 2025), pure torch.
+
+Notation, for one view: student logits ``z`` and teacher logits ``t`` of shape ``(N, C)``,
+labels ``y`` of shape ``(N,)``, temperatures ``T_1..T_K``, ``p_T(u) = softmax(u / T)``.
+
+``swap(u, y)``: in each row, with ``m = argmax u`` (first index on ties), exchange ``u_y``
+and ``u_m`` when ``m != y``. The label then holds the top logit; the rest of the row is
+untouched, so the shape of the non-target distribution is kept.
+
+Per row, summed over temperatures with equal weight::
+
+    L_TS = sum_T T^2 KL( p_T(swap(t, y)) || p_T(z) )      teacher swap
+    L_SS = sum_T T^2 KL( p_T(swap(z, y)) || p_T(z) )      student as pseudo-teacher
+
+and the loss of a view is ``mean_rows(L_TS + [epoch > gamma] L_SS)``.
+
+How it is computed. Softmax commutes with a permutation of the row, so
+``log p_T(swap(z, y)) = swap(log p_T(z), y)`` and ``L_SS`` only involves the two exchanged
+columns: ``L_SS = sum_T T^2 (q_m - q_y)(log q_m - log q_y)`` with ``q = p_T(z)``. All
+temperatures are stacked into one ``(K, N, C)`` tensor and the gradient is written in
+closed form (``dL_TS/dz = sum_T T (q - p)``, and the two-column terms of ``L_SS``), so a
+forward and backward pass is a handful of kernels whatever ``K`` is, with no host-device
+synchronisation. The arithmetic always runs in float32 (or float64 for float64 inputs),
+also under autocast. ``tests/test_losses_sld.py`` checks values and gradients against a
+literal float64 implementation.
+
+The teacher logits are a constant target, as for a teacher in eval mode: no gradient flows
+into them.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+import torch.nn as nn
+
+DEFAULT_TEMPERATURES = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
+
+
+def swap_logits(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Exchange, in each row, the label's logit with the row's largest logit.
+
+    Args:
+        logits: ``(N, C)`` floating tensor, any float dtype.
+        target: ``(N,)`` integer labels in ``[0, C)``.
+
+    Returns:
+        ``(N, C)`` tensor of ``logits``'s dtype: ``out[i, y_i] = logits[i, m_i]`` and
+        ``out[i, m_i] = logits[i, y_i]`` with ``m_i = argmax(logits[i])`` (first index on
+        ties); other entries and rows with ``m_i == y_i`` are copied unchanged.
+        Differentiable (the gradient is the same permutation), and free of host-device
+        synchronisation.
+    """
+    _check_logits_and_target(logits, target)
+    return logits.gather(1, _swap_permutation(logits, target))
+
+
+def _swap_permutation(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``(N, C)`` column indices that realise the swap as ``logits.gather(1, perm)``."""
+    num_rows, num_classes = logits.shape
+    top = logits.argmax(dim=1, keepdim=True)
+    label = target.view(-1, 1).to(top.dtype)
+    columns = torch.arange(num_classes, device=logits.device).expand(num_rows, num_classes)
+    perm = torch.where(columns == label, top, columns)
+    return torch.where(columns == top, label, perm)
+
+
+class SLDTerms(NamedTuple):
+    """Per-row loss terms of one view, and how often each swap fired.
+
+    ``teacher_swap`` and ``student_swap`` are ``(N,)``; the two rates are 0-d tensors: the
+    share of rows whose teacher (student) top class is not the label. All stay on device.
+    """
+
+    teacher_swap: torch.Tensor
+    student_swap: torch.Tensor
+    teacher_swap_rate: torch.Tensor
+    student_swap_rate: torch.Tensor
+
+
+def sld_terms(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: torch.Tensor,
+    temperatures: torch.Tensor,
+    *,
+    teacher_swap: bool = True,
+    pseudo_teacher: bool = True,
+    detach_pseudo_teacher: bool = False,
+) -> SLDTerms:
+    """Per-row ``L_TS`` and ``L_SS`` (see the module docstring).
+
+    Args:
+        student_logits: ``(N, C)``, gradient flows here.
+        teacher_logits: ``(N, C)``, a constant target.
+        target: ``(N,)`` integer labels.
+        temperatures: ``(K,)`` positive floats on the logits' device.
+        teacher_swap: swap the teacher row before the softmax (False: plain
+            multi-temperature KD against the raw teacher).
+        pseudo_teacher: compute ``L_SS``; when False, ``student_swap`` is zeros.
+        detach_pseudo_teacher: treat ``p_T(swap(z, y))`` as a constant in ``L_SS``.
+    """
+    _check_logits_and_target(student_logits, target)
+    if teacher_logits.shape != student_logits.shape:
+        raise ValueError(
+            f"teacher logits have shape {tuple(teacher_logits.shape)} but student logits "
+            f"{tuple(student_logits.shape)}: teacher and student must predict the same classes"
+        )
+    _check_temperatures_tensor(temperatures)
+    compute_dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
+    device_type = student_logits.device.type
+    with torch.autocast(device_type=device_type, enabled=False):
+        teacher = teacher_logits.detach().to(compute_dtype)
+        target = target.long()
+        teacher_top = teacher.argmax(dim=1)
+        if teacher_swap:
+            teacher = teacher.gather(1, _swap_permutation(teacher, target))
+        ts_rows, ss_rows, student_top = _SwappedKL.apply(
+            student_logits,
+            teacher,
+            target,
+            temperatures.to(compute_dtype),
+            pseudo_teacher,
+            detach_pseudo_teacher,
+        )
+    return SLDTerms(
+        teacher_swap=ts_rows,
+        student_swap=ss_rows,
+        teacher_swap_rate=(teacher_top != target).to(compute_dtype).mean(),
+        student_swap_rate=(student_top != target).to(compute_dtype).mean(),
+    )
+
+
+class _SwappedKL(torch.autograd.Function):
+    """Per-row ``sum_T T^2 KL(p_T(teacher) || p_T(z))`` and the closed form of ``L_SS``.
+
+    Forward returns ``(ts_rows (N,), ss_rows (N,), argmax z (N,))``; backward returns the
+    gradient for ``z`` only, in ``z``'s dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, student, teacher, target, temperatures, pseudo_teacher, detach):
+        z = student.detach().to(teacher.dtype)
+        inv_t = temperatures.reciprocal().view(-1, 1, 1)
+        t_squared = (temperatures * temperatures).view(-1, 1)
+        log_q = torch.log_softmax(z.unsqueeze(0) * inv_t, dim=-1)  # (K, N, C)
+        log_p = torch.log_softmax(teacher.unsqueeze(0) * inv_t, dim=-1)
+        p = log_p.exp()
+        q = log_q.exp()
+        ts_rows = (t_squared * (p * (log_p - log_q)).sum(-1)).sum(0)
+
+        top = z.argmax(dim=1)
+        if pseudo_teacher:
+            index = torch.stack((top, target), dim=1).unsqueeze(0).expand(log_q.shape[0], -1, -1)
+            log_qmy = log_q.gather(-1, index)  # (K, N, 2): columns m and y
+            q_my = log_qmy.exp()
+            gap_p = q_my[..., 0] - q_my[..., 1]  # q_m - q_y, zero where m == y
+            gap_log = log_qmy[..., 0] - log_qmy[..., 1]
+            ss_rows = (t_squared * gap_p * gap_log).sum(0)
+        else:
+            q_my = gap_p = gap_log = None
+            ss_rows = torch.zeros_like(ts_rows)
+
+        ctx.pseudo_teacher = pseudo_teacher
+        ctx.detach = detach
+        ctx.student_dtype = student.dtype
+        ctx.save_for_backward(p, q, temperatures, top, target, q_my, gap_p, gap_log)
+        ctx.mark_non_differentiable(top)
+        return ts_rows, ss_rows, top
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_ts, grad_ss, _grad_top):
+        p, q, temperatures, top, target, q_my, gap_p, gap_log = ctx.saved_tensors
+        temp = temperatures.view(-1, 1, 1)
+        grad_ts = grad_ts.to(q.dtype).view(1, -1, 1)
+        # d/dz sum_T T^2 KL(p || q_T) = sum_T T (q_T - p_T)
+        q_coeff = grad_ts
+        if ctx.pseudo_teacher and not ctx.detach:
+            # d/dz T^2 a b = T [-a b q + (b q_m + a) e_m - (b q_y + a) e_y],
+            # a = q_m - q_y, b = log q_m - log q_y
+            q_coeff = grad_ts - (grad_ss.to(q.dtype) * gap_p * gap_log).unsqueeze(-1)
+        grad = (temp * (q_coeff * q - grad_ts * p)).sum(0)
+        if ctx.pseudo_teacher:
+            g = grad_ss.to(q.dtype).view(1, -1)
+            t = temperatures.view(-1, 1)
+            if ctx.detach:
+                # d/dz T^2 a.detach() b = T a (e_m - e_y)
+                coeff_top = coeff_label = (t * g * gap_p).sum(0)
+            else:
+                coeff_top = (t * g * (gap_log * q_my[..., 0] + gap_p)).sum(0)
+                coeff_label = (t * g * (gap_log * q_my[..., 1] + gap_p)).sum(0)
+            grad.scatter_add_(1, top.view(-1, 1), coeff_top.view(-1, 1))
+            grad.scatter_add_(1, target.view(-1, 1), -coeff_label.view(-1, 1))
+        return grad.to(ctx.student_dtype), None, None, None, None, None
+
+
+def sld_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: torch.Tensor,
+    epoch: int,
+    *,
+    temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
+    gamma: int = 150,
+    teacher_swap: bool = True,
+    student_swap: bool = True,
+    detach_pseudo_teacher: bool = False,
+) -> torch.Tensor:
+    """SLD loss of one view, unweighted: ``mean_rows(L_TS + [epoch > gamma] L_SS)``.
+
+    Args:
+        student_logits: ``(N, C)`` student logits (any float dtype; gradient flows).
+        teacher_logits: ``(N, C)`` teacher logits (constant target).
+        target: ``(N,)`` integer labels in ``[0, C)``.
+        epoch: current epoch, counted from 1 as in mdistiller's trainer.
+        temperatures: non-empty positive temperatures; the terms are summed, not averaged.
+        gamma: ``L_SS`` is on while ``epoch > gamma`` (a step, no ramp).
+        teacher_swap: False gives plain multi-temperature KD against the raw teacher.
+        student_swap: False never adds ``L_SS``.
+        detach_pseudo_teacher: stop the gradient through the swapped student target.
+
+    Returns:
+        0-d float32 tensor (float64 for float64 inputs).
+    """
+    temps = _temperature_tensor(tuple(temperatures), student_logits.device)
+    terms = sld_terms(
+        student_logits,
+        teacher_logits,
+        target,
+        temps,
+        teacher_swap=teacher_swap,
+        pseudo_teacher=student_swap and epoch > gamma,
+        detach_pseudo_teacher=detach_pseudo_teacher,
+    )
+    return (terms.teacher_swap + terms.student_swap).mean()
+
+
+class SLDLoss(nn.Module):
+    """:func:`sld_loss` with its settings held, e.g. ``SLDLoss(gamma=150)(z, t, y, epoch)``.
+
+    The temperatures live in a non-persistent buffer, so they follow ``.to(device)`` and
+    cost no host-to-device copy per call.
+    """
+
+    def __init__(
+        self,
+        temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
+        gamma: int = 150,
+        teacher_swap: bool = True,
+        student_swap: bool = True,
+        detach_pseudo_teacher: bool = False,
+    ) -> None:
+        super().__init__()
+        self.register_buffer(
+            "temperatures", _validated_temperatures(temperatures), persistent=False
+        )
+        self.gamma = int(gamma)
+        self.teacher_swap = bool(teacher_swap)
+        self.student_swap = bool(student_swap)
+        self.detach_pseudo_teacher = bool(detach_pseudo_teacher)
+
+    def pseudo_teacher_on(self, epoch: int) -> bool:
+        """Whether ``L_SS`` is part of the loss at ``epoch``."""
+        return self.student_swap and epoch > self.gamma
+
+    def terms(self, student_logits, teacher_logits, target, epoch: int) -> SLDTerms:
+        """Per-row terms (see :func:`sld_terms`), e.g. for a loss over several views."""
+        return sld_terms(
+            student_logits,
+            teacher_logits,
+            target,
+            self.temperatures,
+            teacher_swap=self.teacher_swap,
+            pseudo_teacher=self.pseudo_teacher_on(epoch),
+            detach_pseudo_teacher=self.detach_pseudo_teacher,
+        )
+
+    def forward(self, student_logits, teacher_logits, target, epoch: int) -> torch.Tensor:
+        terms = self.terms(student_logits, teacher_logits, target, epoch)
+        return (terms.teacher_swap + terms.student_swap).mean()
+
+    def extra_repr(self) -> str:
+        temps = ", ".join(f"{t:g}" for t in self.temperatures.tolist())
+        return (
+            f"temperatures=({temps}), gamma={self.gamma}, teacher_swap={self.teacher_swap}, "
+            f"student_swap={self.student_swap}, "
+            f"detach_pseudo_teacher={self.detach_pseudo_teacher}"
+        )
+
+
+_TEMPERATURE_CACHE: dict = {}
+
+
+def _temperature_tensor(temperatures: tuple, device: torch.device) -> torch.Tensor:
+    """The temperatures as a float64 tensor on ``device``, made once per (values, device)."""
+    key = (temperatures, str(device))
+    if key not in _TEMPERATURE_CACHE:
+        _TEMPERATURE_CACHE[key] = _validated_temperatures(temperatures).to(device)
+    return _TEMPERATURE_CACHE[key]
+
+
+def _validated_temperatures(temperatures: Sequence[float]) -> torch.Tensor:
+    values = list(temperatures)
+    if not values:
+        raise ValueError("temperatures is empty: give at least one, e.g. (1, 2, 3, 4, 5, 6)")
+    bad = [t for t in values if not isinstance(t, (int, float)) or not t > 0 or t == float("inf")]
+    if bad:
+        raise ValueError(f"temperatures must be finite positive numbers, got {values}")
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def _check_temperatures_tensor(temperatures: torch.Tensor) -> None:
+    if temperatures.dim() != 1 or temperatures.numel() == 0:
+        raise ValueError(
+            f"temperatures must be a non-empty 1-d tensor, got shape {tuple(temperatures.shape)}"
+        )
+
+
+def _check_logits_and_target(logits: torch.Tensor, target: torch.Tensor) -> None:
+    """Shape and dtype checks (no sync); label range only for CPU tensors (a sync on GPU)."""
+    if logits.dim() != 2:
+        raise ValueError(
+            f"logits must be 2-d (batch, classes), got shape {tuple(logits.shape)}"
+        )
+    if not logits.is_floating_point():
+        raise TypeError(f"logits must be a floating tensor, got {logits.dtype}")
+    if target.dim() != 1 or target.shape[0] != logits.shape[0]:
+        raise ValueError(
+            f"target must be 1-d with one label per row: logits {tuple(logits.shape)}, "
+            f"target {tuple(target.shape)}"
+        )
+    if target.is_floating_point() or target.dtype == torch.bool:
+        raise TypeError(f"target must hold integer class labels, got {target.dtype}")
+    if target.device.type == "cpu" and target.numel():
+        low, high = int(target.min()), int(target.max())
+        if low < 0 or high >= logits.shape[1]:
+            raise ValueError(
+                f"labels must lie in [0, {logits.shape[1] - 1}] for {logits.shape[1]} classes, "
+                f"got values from {low} to {high}"
+            )
