@@ -1,0 +1,176 @@
+"""slkd's config nodes, their validation, and loading a config file with clear errors.
+
+Nodes added to mdistiller's ``CFG`` by :func:`slkd.register`:
+
+``SLD`` (the method; exactly these keys)::
+
+    CE_WEIGHT 0.1, KD_WEIGHT 0.9, TEMPERATURES [1..6], GAMMA 150, TEACHER_SWAP True,
+    STUDENT_SWAP True, DETACH_PSEUDO_TEACHER False, STRONG_VIEW True
+
+``SLKD`` (how slkd's trainer runs; none of it changes what is computed)::
+
+    SEED              0        seed of torch, numpy, random and the loader workers
+    DETERMINISTIC     False    cuDNN and torch deterministic algorithms
+    AMP               "none"   "none" | "bf16" | "fp16" (fp16 uses a gradient scaler)
+    CHANNELS_LAST     False    channels-last memory format for the networks and images
+    SYNC_BN           False    SyncBatchNorm for the student under torchrun
+    EVAL_FREQ         1        evaluate every N epochs (and always at the last one)
+    LOADER.WORKERS    -1       train loader workers per process; -1: sized to the machine
+    LOADER.PIN_MEMORY True
+    LOADER.PREFETCH   4        batches prefetched per worker
+"""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+from pathlib import Path
+
+import yaml
+from yacs.config import CfgNode as CN
+
+SLD_DEFAULTS = {
+    "CE_WEIGHT": 0.1,
+    "KD_WEIGHT": 0.9,
+    "TEMPERATURES": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+    "GAMMA": 150,
+    "TEACHER_SWAP": True,
+    "STUDENT_SWAP": True,
+    "DETACH_PSEUDO_TEACHER": False,
+    "STRONG_VIEW": True,
+}
+
+AMP_MODES = ("none", "bf16", "fp16")
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message says what to change."""
+
+
+def sld_node() -> CN:
+    """A fresh ``SLD`` node with the defaults of the released code."""
+    return CN({key: list(value) if isinstance(value, list) else value for key, value in SLD_DEFAULTS.items()})
+
+
+def slkd_node() -> CN:
+    """A fresh ``SLKD`` node (run options of slkd's trainer)."""
+    node = CN()
+    node.SEED = 0
+    node.DETERMINISTIC = False
+    node.AMP = "none"
+    node.CHANNELS_LAST = False
+    node.SYNC_BN = False
+    node.EVAL_FREQ = 1
+    node.LOADER = CN()
+    node.LOADER.WORKERS = -1
+    node.LOADER.PIN_MEMORY = True
+    node.LOADER.PREFETCH = 4
+    return node
+
+
+def add_slkd_nodes(cfg: CN) -> None:
+    """Add the ``SLD`` and ``SLKD`` nodes to ``cfg`` where missing (idempotent)."""
+    was_frozen = cfg.is_frozen()
+    cfg.defrost()
+    for name, make in (("SLD", sld_node), ("SLKD", slkd_node)):
+        if name not in cfg:
+            setattr(cfg, name, make())
+    if was_frozen:
+        cfg.freeze()
+
+
+def validate_sld(cfg: CN) -> None:
+    """Raise :class:`ConfigError` for an SLD node that cannot run; warn on a useless one."""
+    node = cfg.SLD
+    temps = list(node.TEMPERATURES)
+    if not temps:
+        raise ConfigError("SLD.TEMPERATURES is empty: give at least one, e.g. [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]")
+    bad = [t for t in temps if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0]
+    if bad:
+        raise ConfigError(f"SLD.TEMPERATURES must be positive numbers, got {temps}")
+    for key in ("CE_WEIGHT", "KD_WEIGHT"):
+        if node[key] < 0:
+            raise ConfigError(f"SLD.{key} is {node[key]}: loss weights cannot be negative")
+    if node.STUDENT_SWAP and node.GAMMA >= cfg.SOLVER.EPOCHS:
+        warnings.warn(
+            f"SLD.GAMMA={node.GAMMA} >= SOLVER.EPOCHS={cfg.SOLVER.EPOCHS}: the pseudo-teacher "
+            "term (student swap) never switches on in this run",
+            stacklevel=2,
+        )
+
+
+def validate_run_options(cfg: CN) -> None:
+    """Raise :class:`ConfigError` for bad ``SLKD`` run options."""
+    if cfg.SLKD.AMP not in AMP_MODES:
+        raise ConfigError(f"SLKD.AMP is {cfg.SLKD.AMP!r}: choose one of {', '.join(AMP_MODES)}")
+    if cfg.SLKD.EVAL_FREQ < 1:
+        raise ConfigError(f"SLKD.EVAL_FREQ is {cfg.SLKD.EVAL_FREQ}: it must be 1 or more")
+
+
+def load_config(base: CN, path: str | Path | None, opts: list[str]) -> CN:
+    """Merge the YAML file ``path`` and the ``KEY VALUE`` list ``opts`` into a clone of ``base``.
+
+    yacs's and YAML's own exceptions are turned into :class:`ConfigError` messages that name
+    the file, the key and the fix (the nearest existing key for a typo).
+    """
+    cfg = base.clone()
+    cfg.defrost()
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            with open(path) as handle:
+                loaded = yaml.safe_load(handle)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path} is not valid YAML: {error}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping of config nodes, got {type(loaded).__name__}")
+        _merge(cfg, lambda: cfg.merge_from_other_cfg(CN(loaded or {})), source=str(path))
+    if len(opts) % 2:
+        raise ConfigError(
+            f"overrides come in KEY VALUE pairs, got an odd number: {' '.join(map(str, opts))}"
+        )
+    _merge(cfg, lambda: cfg.merge_from_list(list(opts)), source="the command line")
+    return cfg
+
+
+def _merge(cfg: CN, merge, source: str) -> None:
+    try:
+        merge()
+    except KeyError as error:
+        key = _key_in_message(str(error))
+        raise ConfigError(f"unknown config key {key} in {source}{_suggestion(cfg, key)}") from None
+    except ValueError as error:
+        raise ConfigError(f"bad value in {source}: {_type_message(str(error))}") from None
+    except AssertionError as error:
+        raise ConfigError(f"bad value in {source}: {error}") from None
+
+
+def _key_in_message(message: str) -> str:
+    message = message.strip("'\"")
+    return message.rsplit(":", 1)[-1].strip() if ":" in message else message
+
+
+def _type_message(message: str) -> str:
+    return message.replace("Type mismatch", "type mismatch").replace(
+        "with values", "; the value"
+    )
+
+
+def _suggestion(cfg: CN, key: str) -> str:
+    near = difflib.get_close_matches(key, list(_all_keys(cfg)), n=1, cutoff=0.6)
+    if near:
+        return f": did you mean {near[0]}?"
+    node = key.rsplit(".", 1)[0]
+    siblings = [k for k in _all_keys(cfg) if k.startswith(node + ".")]
+    return f"; keys under {node}: {', '.join(siblings)}" if siblings else ""
+
+
+def _all_keys(node: CN, prefix: str = ""):
+    for key, value in node.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, CN):
+            yield from _all_keys(value, full + ".")
+        else:
+            yield full

@@ -1,0 +1,159 @@
+"""Datasets and loaders for slkd's trainer.
+
+The datasets are the host's own (mdistiller's CIFAR-100 and ImageNet classes, CRD's
+contrastive sampling included), so every method reads the same files; slkd only decides
+the transform (one or two views, :mod:`slkd.host.views`) and how the loader is fed:
+workers sized to the machine, pinned memory, persistent workers, prefetching, and a
+``DistributedSampler`` under torchrun.
+
+``SyntheticCIFAR100`` stands in for CIFAR-100 in smoke runs and benchmarks: random pixels
+of the right shape, labels in range, the real transforms.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+from slkd.host.views import cifar100_test_transform, cifar100_weak_transform, two_view_transform
+
+
+class DatasetMissing(FileNotFoundError):
+    """The dataset files are not where the host reads them; the message says how to fetch them."""
+
+
+class SyntheticCIFAR100(Dataset):
+    """CIFAR-100-shaped random data: ``(image, label, index)`` items, or ``(image, label)``.
+
+    Args:
+        size: number of images.
+        transform: applied to each 32x32 RGB PIL image.
+        seed: the pixels and labels are a function of ``seed`` alone.
+        with_index: return the index as mdistiller's training sets do.
+        num_classes: labels are drawn from ``range(num_classes)``.
+    """
+
+    def __init__(self, size, transform=None, seed=0, with_index=True, num_classes=100):
+        rng = np.random.default_rng(seed)
+        self.data = rng.integers(0, 256, size=(size, 32, 32, 3), dtype=np.uint8)
+        self.targets = rng.integers(0, num_classes, size=size).tolist()
+        self.transform = transform
+        self.with_index = with_index
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, index):
+        image = Image.fromarray(self.data[index])
+        if self.transform is not None:
+            image = self.transform(image)
+        if self.with_index:
+            return image, self.targets[index], index
+        return image, self.targets[index]
+
+
+def synthetic_cifar100_sets(train_size: int, test_size: int, seed: int = 0):
+    """Train and test ``SyntheticCIFAR100`` sets with CIFAR-100's weak and test transforms."""
+    train = SyntheticCIFAR100(train_size, cifar100_weak_transform(), seed=seed)
+    test = SyntheticCIFAR100(test_size, cifar100_test_transform(), seed=seed + 1, with_index=False)
+    return train, test
+
+
+def check_dataset_files(cfg, data_root: str) -> None:
+    """Raise :class:`DatasetMissing` naming the path and the fetch command when absent."""
+    if cfg.DATASET.TYPE == "cifar100":
+        folder = os.path.join(data_root, "cifar-100-python")
+        missing = [name for name in ("train", "test", "meta") if not os.path.isfile(os.path.join(folder, name))]
+        if missing:
+            raise DatasetMissing(
+                f"CIFAR-100 is missing: {', '.join(missing)} not found in {folder}. "
+                "Fetch it with: slkd-fetch cifar100 (into the mdistiller checkout's data/ folder)."
+            )
+    elif cfg.DATASET.TYPE == "imagenet":
+        for split in ("train", "val"):
+            folder = os.path.join(data_root, "imagenet", split)
+            if not os.path.isdir(folder):
+                raise DatasetMissing(
+                    f"ImageNet {split} split not found at {folder}: put the ILSVRC-2012 "
+                    "train/ and val/ class folders there (mdistiller reads data/imagenet)."
+                )
+
+
+def use_views(dataset: Dataset, dataset_type: str, num_views: int) -> None:
+    """Make ``dataset`` yield two views ``(weak, strong)`` per image when ``num_views == 2``."""
+    if num_views == 2:
+        dataset.transform = two_view_transform(dataset_type)
+
+
+def auto_workers(world_size: int = 1) -> int:
+    """Loader workers per process: the CPUs this process may use, shared between processes."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(16, cpus // max(1, world_size) - 1))
+
+
+def train_loader(dataset, cfg, *, device: torch.device, world_size: int = 1, rank: int = 0, drop_last=False):
+    """The training loader: shuffled, sharded across processes under torchrun.
+
+    ``SOLVER.BATCH_SIZE`` is the global batch: each of ``world_size`` processes loads
+    ``BATCH_SIZE / world_size`` images (mdistiller's DataParallel split the same batch).
+    """
+    per_process = _per_process_batch(cfg.SOLVER.BATCH_SIZE, world_size)
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=int(cfg.SLKD.SEED)) if world_size > 1 else None
+    return DataLoader(
+        dataset,
+        batch_size=per_process,
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=drop_last,
+        **_feeding(cfg, device, world_size),
+    )
+
+
+def test_loader(dataset, cfg, *, device: torch.device, world_size: int = 1, rank: int = 0):
+    """The evaluation loader: in order, sharded without padding under torchrun."""
+    sampler = _ShardSampler(len(dataset), world_size, rank) if world_size > 1 else None
+    return DataLoader(
+        dataset,
+        batch_size=int(cfg.DATASET.TEST.BATCH_SIZE),
+        shuffle=False,
+        sampler=sampler,
+        **_feeding(cfg, device, world_size),
+    )
+
+
+class _ShardSampler(torch.utils.data.Sampler):
+    """Every ``world_size``-th index from ``rank``: each image evaluated exactly once."""
+
+    def __init__(self, size, world_size, rank):
+        self.indices = list(range(rank, size, world_size))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+def _feeding(cfg, device: torch.device, world_size: int) -> dict:
+    workers = int(cfg.SLKD.LOADER.WORKERS)
+    if workers < 0:
+        workers = auto_workers(world_size)
+    options = {"num_workers": workers, "pin_memory": bool(cfg.SLKD.LOADER.PIN_MEMORY) and device.type == "cuda"}
+    if workers > 0:
+        options["persistent_workers"] = not bool(cfg.SLKD.DETERMINISTIC)
+        options["prefetch_factor"] = int(cfg.SLKD.LOADER.PREFETCH)
+    return options
+
+
+def _per_process_batch(batch_size: int, world_size: int) -> int:
+    if batch_size % world_size:
+        raise ValueError(
+            f"SOLVER.BATCH_SIZE={batch_size} is the global batch and must divide evenly over "
+            f"{world_size} processes; pick a multiple of {world_size}"
+        )
+    return batch_size // world_size

@@ -1,0 +1,142 @@
+"""SLD and MLKD as mdistiller ``Distiller`` subclasses: thin wrappers around slkd.losses.
+
+Both follow the call of the MLKD fork's two-view trainer,
+``forward_train(image_weak=, image_strong=, target=, epoch=)``, and return the weak-view
+student logits and a dict of loss terms. ``SLD`` with ``SLD.STRONG_VIEW: False`` takes
+``forward_train(image=, target=, epoch=)`` instead, so it also runs under mdistiller's
+stock single-view trainers.
+
+After each training step ``distiller.step_stats`` holds on-device scalars for logging
+(the share of rows each swap changed, the SLD terms without weights); reading them is
+the trainer's business, so a step itself never waits on the device.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from slkd.host.config import validate_sld
+from slkd.host.registry import import_host
+from slkd.losses.mlkd import mlkd_losses
+from slkd.losses.sld import SLDLoss
+
+Distiller = import_host().distiller_base
+
+
+class SLD(Distiller):
+    """Swapped Logit Distillation (SPEC section 3).
+
+    ``loss_ce = CE_WEIGHT * sum_views CE(z_v, y)`` and
+    ``loss_kd = KD_WEIGHT * sum_views mean_rows(L_TS + [epoch > GAMMA] L_SS)`` over the weak
+    and strong views (the weak view alone with ``STRONG_VIEW: False``). Student and teacher
+    run once per view, so BatchNorm sees each view on its own; the teacher stays in eval
+    mode and runs without gradient.
+    """
+
+    def __init__(self, student, teacher, cfg):
+        super().__init__(student, teacher)
+        validate_sld(cfg)
+        node = cfg.SLD
+        self.ce_weight = float(node.CE_WEIGHT)
+        self.kd_weight = float(node.KD_WEIGHT)
+        self.strong_view = bool(node.STRONG_VIEW)
+        self.criterion = SLDLoss(
+            temperatures=[float(t) for t in node.TEMPERATURES],
+            gamma=int(node.GAMMA),
+            teacher_swap=bool(node.TEACHER_SWAP),
+            student_swap=bool(node.STUDENT_SWAP),
+            detach_pseudo_teacher=bool(node.DETACH_PSEUDO_TEACHER),
+        )
+        self.step_stats: dict[str, torch.Tensor] = {}
+
+    @property
+    def num_views(self) -> int:
+        """Views per batch this distiller expects from its trainer."""
+        return 2 if self.strong_view else 1
+
+    def forward_train(self, image_weak=None, image_strong=None, target=None, **kwargs):
+        epoch = _required_epoch(kwargs, "SLD")
+        views = _views(self.strong_view, image_weak, image_strong, kwargs.get("image"), "SLD")
+        student = [self.student(view)[0] for view in views]
+        with torch.no_grad():
+            teacher = [self.teacher(view)[0] for view in views]
+        batch = target.shape[0]
+        loss_ce = self.ce_weight * sum(F.cross_entropy(z, target) for z in student)
+        terms = self.criterion.terms(
+            torch.cat(student) if len(views) > 1 else student[0],
+            torch.cat(teacher) if len(views) > 1 else teacher[0],
+            target.repeat(len(views)),
+            epoch,
+        )
+        # sum over all rows of both views / batch = sum over views of the per-view mean
+        teacher_term = terms.teacher_swap.sum() / batch
+        student_term = terms.student_swap.sum() / batch
+        loss_kd = self.kd_weight * (teacher_term + student_term)
+        self.step_stats = {
+            "sld_teacher_term": teacher_term.detach(),
+            "sld_student_term": student_term.detach(),
+            "teacher_swap_rate": terms.teacher_swap_rate,
+            "student_swap_rate": terms.student_swap_rate,
+        }
+        return student[0], {"loss_ce": loss_ce, "loss_kd": loss_kd}
+
+
+class MLKD(Distiller):
+    """Multi-level logit distillation as the released MLKD code computes it (SPEC section 5).
+
+    Registered only on hosts without an MLKD of their own. Reads ``KD.TEMPERATURE`` and
+    ``KD.LOSS.{CE,KD}_WEIGHT`` as the released code does; the quirks it reproduces are
+    listed in :mod:`slkd.losses.mlkd`.
+    """
+
+    num_views = 2
+
+    def __init__(self, student, teacher, cfg):
+        super().__init__(student, teacher)
+        self.base_temperature = float(cfg.KD.TEMPERATURE)
+        self.ce_weight = float(cfg.KD.LOSS.CE_WEIGHT)
+        self.kd_weight = float(cfg.KD.LOSS.KD_WEIGHT)
+        self.step_stats: dict[str, torch.Tensor] = {}
+
+    def forward_train(self, image_weak=None, image_strong=None, target=None, **kwargs):
+        weak, strong = _views(True, image_weak, image_strong, kwargs.get("image"), "MLKD")
+        student_weak, student_strong = self.student(weak)[0], self.student(strong)[0]
+        with torch.no_grad():
+            teacher_weak, teacher_strong = self.teacher(weak)[0], self.teacher(strong)[0]
+        losses = mlkd_losses(
+            student_weak,
+            student_strong,
+            teacher_weak,
+            teacher_strong,
+            target,
+            base_temperature=self.base_temperature,
+            ce_weight=self.ce_weight,
+            kd_weight=self.kd_weight,
+        )
+        return student_weak, losses
+
+
+def _required_epoch(kwargs: dict, method: str) -> int:
+    if "epoch" not in kwargs:
+        raise TypeError(
+            f"{method}.forward_train needs epoch= (the current epoch, from 1): its loss "
+            "depends on it. mdistiller's trainers pass it; pass it in your own loop."
+        )
+    return int(kwargs["epoch"])
+
+
+def _views(two_views: bool, image_weak, image_strong, image, method: str) -> list:
+    if two_views:
+        if image_weak is None or image_strong is None:
+            raise TypeError(
+                f"{method} needs two views per batch (image_weak=, image_strong=) but the "
+                f"trainer passed {'image=' if image is not None else 'no image'}. Train with "
+                f"slkd's trainer (SOLVER.TRAINER: slkd) or the MLKD fork's 'ours' trainer"
+                + (", or set SLD.STRONG_VIEW: False for one view." if method == "SLD" else ".")
+            )
+        return [image_weak, image_strong]
+    single = image if image is not None else image_weak
+    if single is None:
+        raise TypeError(f"{method} with SLD.STRONG_VIEW: False needs image= (one view per batch)")
+    return [single]

@@ -1,0 +1,92 @@
+"""Teacher and student networks from the host's model tables, with errors that say the fix."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from slkd.host.registry import Host
+
+
+class ModelError(ValueError):
+    """A network that cannot be built or loaded; the message names the fix."""
+
+
+def model_table(host: Host, dataset_type: str) -> dict:
+    """Name -> constructor for ``dataset_type`` (CIFAR entries are (constructor, checkpoint))."""
+    if dataset_type == "cifar100":
+        return host.cifar_model_dict
+    if dataset_type == "imagenet":
+        return host.imagenet_model_dict
+    raise ModelError(f"DATASET.TYPE {dataset_type!r} is not supported by slkd: use cifar100 or imagenet")
+
+
+def check_names(host: Host, cfg) -> None:
+    """Fail early on a teacher or student the host does not know, listing the known ones."""
+    table = model_table(host, cfg.DATASET.TYPE)
+    for role in ("TEACHER", "STUDENT"):
+        name = cfg.DISTILLER[role]
+        if name not in table:
+            raise ModelError(
+                f"DISTILLER.{role} {name!r} is not a {cfg.DATASET.TYPE} model of this mdistiller; "
+                f"known: {', '.join(sorted(table))}"
+            )
+
+
+def build_student(host: Host, cfg, num_classes: int):
+    """A freshly initialised student."""
+    table = model_table(host, cfg.DATASET.TYPE)
+    entry = table[cfg.DISTILLER.STUDENT]
+    if cfg.DATASET.TYPE == "imagenet":
+        return entry(pretrained=False)
+    return entry[0](num_classes=num_classes)
+
+
+def build_teacher(host: Host, cfg, num_classes: int, *, pretrained: bool = True, fetch_hint: str = "slkd-fetch teachers"):
+    """The teacher, with its released weights unless ``pretrained`` is False (smoke runs)."""
+    table = model_table(host, cfg.DATASET.TYPE)
+    name = cfg.DISTILLER.TEACHER
+    if cfg.DATASET.TYPE == "imagenet":
+        try:
+            return table[name](pretrained=pretrained)
+        except OSError as error:  # torchvision's download (URLError is an OSError)
+            raise ModelError(
+                f"could not get torchvision's pretrained weights for ImageNet teacher {name}: {error}. "
+                "Run once where the network is reachable, or put the weights in torch's hub cache "
+                f"({torch.hub.get_dir()}/checkpoints)."
+            ) from None
+    constructor, path = table[name]
+    teacher = constructor(num_classes=num_classes)
+    if not pretrained:
+        return teacher
+    if path is None:
+        raise ModelError(f"mdistiller has no released checkpoint for {name}: it is a student-only model, pick a teacher among those with one")
+    if not os.path.isfile(path):
+        raise ModelError(
+            f"teacher checkpoint for {name} is missing: {os.path.normpath(path)} does not exist. "
+            f"Fetch the CIFAR-100 teachers with: {fetch_hint}"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)["model"]
+    except Exception as error:
+        raise ModelError(
+            f"teacher checkpoint {os.path.normpath(path)} is unreadable ({type(error).__name__}: {error}). "
+            f"Fetch it again with: {fetch_hint} --force"
+        ) from None
+    try:
+        teacher.load_state_dict(state)
+    except RuntimeError as error:
+        raise ModelError(_mismatch_message(name, path, state, teacher, num_classes, error)) from None
+    return teacher
+
+
+def _mismatch_message(name, path, state, teacher, num_classes, error) -> str:
+    classifier = [value for key, value in state.items() if key.endswith(".weight") and value.dim() == 2]
+    if classifier and classifier[-1].shape[0] != num_classes:
+        return (
+            f"teacher checkpoint {os.path.normpath(path)} predicts {classifier[-1].shape[0]} classes but "
+            f"the dataset and the student have {num_classes}: teacher and student must share the classes"
+        )
+    first = str(error).splitlines()[0]
+    return f"teacher checkpoint {os.path.normpath(path)} does not fit architecture {name}: {first}"

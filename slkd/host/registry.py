@@ -1,0 +1,142 @@
+"""Registration into the mdistiller host: config nodes, distillers and the trainer.
+
+Works with upstream mdistiller (megvii-research/mdistiller a08d46f) and the MLKD fork
+(Jin-Ying/Multi-Level-Logit-Distillation), which differ in their trainers (the fork adds
+``"ours"``), ImageNet students (``MobileNetV1`` vs ``MobileNetV2``) and distillers (the fork
+has ``KD_ours``, the released MLKD).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+INSTALL_HINT = (
+    "slkd needs mdistiller, which is not on PyPI. Install it next to slkd:\n"
+    "  git clone https://github.com/megvii-research/mdistiller && cd mdistiller && "
+    "git checkout a08d46f && pip install -e . scipy\n"
+    "(or the MLKD fork, https://github.com/Jin-Ying/Multi-Level-Logit-Distillation), "
+    "or set SLKD_MDISTILLER_PATH to a checkout."
+)
+
+TRAINER_NAME = "slkd"
+
+
+class HostNotFound(ImportError):
+    """mdistiller cannot be imported; the message says how to install it."""
+
+
+class RegistrationConflict(RuntimeError):
+    """The host already has a different object under a name slkd registers."""
+
+
+@dataclass(frozen=True)
+class Host:
+    """The parts of mdistiller slkd plugs into."""
+
+    cfg: object  # mdistiller.engine.cfg.CFG
+    distiller_dict: dict
+    trainer_dict: dict
+    cifar_model_dict: dict
+    imagenet_model_dict: dict
+    distiller_base: type
+    package: ModuleType
+
+    @property
+    def has_mlkd(self) -> bool:
+        """The host ships its own MLKD (the released SLD fork calls it ``MLKD``)."""
+        return "MLKD" in self.distiller_dict and not _is_slkd(self.distiller_dict["MLKD"])
+
+    @property
+    def flavour(self) -> str:
+        """``"mlkd-fork"`` for hosts with the two-view ``"ours"`` trainer, else ``"upstream"``."""
+        return "mlkd-fork" if "ours" in self.trainer_dict else "upstream"
+
+
+def import_host() -> Host:
+    """Import mdistiller's registries, or raise :class:`HostNotFound` with install steps."""
+    _add_env_checkout_to_path()
+    try:
+        package = importlib.import_module("mdistiller")
+        cfg_module = importlib.import_module("mdistiller.engine.cfg")
+        distillers = importlib.import_module("mdistiller.distillers")
+        engine = importlib.import_module("mdistiller.engine")
+        models = importlib.import_module("mdistiller.models")
+        base = importlib.import_module("mdistiller.distillers._base")
+    except ModuleNotFoundError as error:
+        if error.name and error.name.split(".")[0] == "mdistiller":
+            raise HostNotFound(INSTALL_HINT) from None
+        raise HostNotFound(
+            f"mdistiller is installed but cannot be imported: module {error.name!r} is missing. "
+            f"Install it (pip install {error.name}); mdistiller also needs scipy, yacs, "
+            "tensorboardX and tqdm."
+        ) from None
+    return Host(
+        cfg=cfg_module.CFG,
+        distiller_dict=distillers.distiller_dict,
+        trainer_dict=engine.trainer_dict,
+        cifar_model_dict=models.cifar_model_dict,
+        imagenet_model_dict=models.imagenet_model_dict,
+        distiller_base=base.Distiller,
+        package=package,
+    )
+
+
+def register() -> list[str]:
+    """Register slkd into the importable mdistiller. Idempotent.
+
+    Adds the ``SLD`` and ``SLKD`` config nodes to ``CFG``, ``SLD`` to ``distiller_dict``,
+    ``MLKD`` there too when the host has none, and slkd's trainer as ``"slkd"`` in
+    ``trainer_dict``. Raises :class:`RegistrationConflict` rather than replace a different
+    object already registered under one of those names. Returns the registered names.
+    """
+    from slkd.host.config import add_slkd_nodes
+    from slkd.host.distillers import MLKD, SLD
+    from slkd.host.trainer import SLKDTrainer
+
+    host = import_host()
+    add_slkd_nodes(host.cfg)
+    names = ["SLD"]
+    _put(host.distiller_dict, "SLD", SLD, "distiller_dict")
+    if not host.has_mlkd:
+        _put(host.distiller_dict, "MLKD", MLKD, "distiller_dict")
+        names.append("MLKD")
+    _put(host.trainer_dict, TRAINER_NAME, SLKDTrainer, "trainer_dict")
+    return names + [f"trainer:{TRAINER_NAME}"]
+
+
+def _put(registry: dict, name: str, obj, where: str) -> None:
+    present = registry.get(name)
+    if present is None or present is obj:
+        registry[name] = obj
+        return
+    if _same_class(present, obj):  # the same class object reloaded (e.g. importlib.reload)
+        registry[name] = obj
+        return
+    raise RegistrationConflict(
+        f"mdistiller's {where} already has {name!r} = {present.__module__}.{present.__qualname__}; "
+        f"slkd will not overwrite it with {obj.__module__}.{obj.__qualname__}. Remove the "
+        f"host's entry, or use the host's own {name} instead of slkd's."
+    )
+
+
+def _same_class(a, b) -> bool:
+    return (getattr(a, "__module__", None), getattr(a, "__qualname__", None)) == (
+        b.__module__,
+        b.__qualname__,
+    )
+
+
+def _is_slkd(obj) -> bool:
+    return getattr(obj, "__module__", "").startswith("slkd.")
+
+
+def _add_env_checkout_to_path() -> None:
+    """Put ``$SLKD_MDISTILLER_PATH`` (an mdistiller checkout) first on ``sys.path``."""
+    import os
+    import sys
+
+    checkout = os.environ.get("SLKD_MDISTILLER_PATH")
+    if checkout and checkout not in sys.path:
+        sys.path.insert(0, checkout)

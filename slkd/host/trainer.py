@@ -1,0 +1,445 @@
+"""slkd's trainer: two views or one, any device, AMP, torchrun, crash-safe checkpoints.
+
+Registered in mdistiller's ``trainer_dict`` as ``"slkd"`` and built with mdistiller's
+arguments ``(experiment_name, distiller, train_loader, val_loader, cfg)``, so the host's
+``tools/train.py`` can run it. From the host's loaders it keeps only the datasets: it sets
+their transform to one or two views (what the distiller's ``num_views`` asks for) and feeds
+them with its own loaders (:mod:`slkd.host.data`).
+
+A training step makes no host-device synchronisation (with fp32 or bf16; fp16's gradient
+scaler checks for infinities on the host): loss terms, accuracies and a first-non-finite
+marker are summed on the device and read once per epoch. A non-finite loss stops the run at
+the end of that epoch, before its checkpoint, naming the epoch, iteration and loss terms.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from slkd.host import data
+from slkd.host.config import validate_run_options
+from slkd.utils import checkpoint
+from slkd.utils.distributed import DistContext, all_reduce_sum
+from slkd.utils.records import RunRecord, environment
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss became NaN or infinite; the message names epoch, iteration and loss terms."""
+
+
+class SLKDTrainer:
+    """Trains ``distiller`` for ``cfg.SOLVER.EPOCHS`` epochs and records everything.
+
+    Args:
+        experiment_name: run folder under ``cfg.LOG.PREFIX`` (mdistiller's convention).
+        distiller: an mdistiller ``Distiller`` (a ``DataParallel`` around one is unwrapped).
+        train_loader, val_loader: loaders whose ``.dataset`` is used.
+        cfg: the merged config, with the ``SLKD`` node.
+        context: process placement under torchrun; defaults to one process on the
+            distiller's device.
+        argv: the command line to record.
+        host_package: the imported ``mdistiller`` package, for the environment record.
+    """
+
+    def __init__(self, experiment_name, distiller, train_loader, val_loader, cfg, *, context=None, argv=None, host_package=None):
+        validate_run_options(cfg)
+        self.cfg = cfg
+        distiller = _unwrap_data_parallel(distiller)
+        self.context = context or DistContext(device=_device_of(distiller))
+        self.device = self.context.device
+        self.num_views = int(getattr(distiller, "num_views", 1))
+        self.channels_last = bool(cfg.SLKD.CHANNELS_LAST)
+        self.distiller = distiller.to(self.device)
+        if self.channels_last:
+            self.distiller.to(memory_format=torch.channels_last)
+        self.student = self.distiller.student
+        self._wrap_student_for_ddp()
+
+        data.use_views(train_loader.dataset, cfg.DATASET.TYPE, self.num_views)
+        ranks = {"world_size": self.context.world_size, "rank": self.context.rank, "device": self.device}
+        self.train_loader = data.train_loader(train_loader.dataset, cfg, **ranks)
+        self.val_loader = data.test_loader(val_loader.dataset, cfg, **ranks)
+
+        self.optimizer = self._optimizer()
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.SLKD.AMP)
+        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.SLKD.AMP == "fp16" else None
+        self.best_acc = -1.0
+        self.record = RunRecord(os.path.join(cfg.LOG.PREFIX, experiment_name), enabled=self.context.is_main)
+        self.argv = list(argv if argv is not None else sys.argv)
+        self.host_package = host_package
+        self.writer = None
+
+    # ----------------------------------------------------------------- set-up
+    def _optimizer(self):
+        if self.cfg.SOLVER.TYPE != "SGD":
+            raise ValueError(f"SOLVER.TYPE {self.cfg.SOLVER.TYPE!r} is not supported: slkd's trainer uses SGD, as mdistiller does")
+        return torch.optim.SGD(
+            self.distiller.get_learnable_parameters(),
+            lr=self.cfg.SOLVER.LR,
+            momentum=self.cfg.SOLVER.MOMENTUM,
+            weight_decay=self.cfg.SOLVER.WEIGHT_DECAY,
+        )
+
+    def _wrap_student_for_ddp(self):
+        if not self.context.distributed:
+            return
+        from torch.nn.parallel import DistributedDataParallel
+
+        student = self.distiller.student
+        if self.cfg.SLKD.SYNC_BN:
+            student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
+            self.student = student
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        self.distiller.student = DistributedDataParallel(student, device_ids=device_ids)
+
+    @property
+    def run_folder(self):
+        return self.record.folder
+
+    # ----------------------------------------------------------------- loop
+    def train(self, resume: bool = False):
+        """Train from epoch 1, or from the epoch after the last complete one with ``resume``."""
+        start = 1
+        if resume:
+            start = self._resume()
+        elif self.context.is_main:
+            self.record.start(self.cfg, self.argv, environment(self.host_package))
+        self._open_writer()
+        epochs = int(self.cfg.SOLVER.EPOCHS)
+        for epoch in range(start, epochs + 1):
+            metrics = self.run_epoch(epoch)
+            self._log(metrics)
+        self._close_writer()
+        return self.best_acc
+
+    def run_epoch(self, epoch: int) -> dict:
+        """Train one epoch, evaluate when due, checkpoint; return the epoch's metrics."""
+        _seed_everything(int(self.cfg.SLKD.SEED), epoch)
+        lr = self._set_learning_rate(epoch)
+        sampler = self.train_loader.sampler
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        started = time.perf_counter()
+        metrics = {"epoch": epoch, "lr": lr}
+        metrics.update(self._train_epoch(epoch))
+        metrics["train_seconds"] = time.perf_counter() - started
+        metrics["images_per_second"] = metrics["train_images"] / max(metrics["train_seconds"], 1e-9)
+        if epoch % int(self.cfg.SLKD.EVAL_FREQ) == 0 or epoch == int(self.cfg.SOLVER.EPOCHS):
+            started = time.perf_counter()
+            metrics.update(self.evaluate())
+            metrics["eval_seconds"] = time.perf_counter() - started
+        if self.device.type == "cuda":
+            metrics["peak_memory_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        improved = "test_acc" in metrics and metrics["test_acc"] > self.best_acc
+        if improved:
+            self.best_acc = metrics["test_acc"]
+        metrics["best_acc"] = self.best_acc
+        self._save(epoch, improved)
+        return metrics
+
+    def _train_epoch(self, epoch: int) -> dict:
+        self.distiller.train()
+        sums: dict[str, torch.Tensor] = {}
+        zero = torch.zeros((), device=self.device)
+        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        bad_terms = None
+        iteration = torch.zeros((), dtype=torch.long, device=self.device)
+        images_seen = 0
+        progress = _Progress(len(self.train_loader), f"epoch {epoch}", enabled=self.context.is_main)
+        for batch in self.train_loader:
+            images, target, extras = self._to_device(batch)
+            losses, loss, logits = self._step(images, target, extras, epoch)
+            terms = torch.stack([value.detach().float().mean() for value in losses.values()])
+            hit = (first_bad < 0) & ~torch.isfinite(loss.detach())
+            first_bad = torch.where(hit, iteration, first_bad)
+            bad_terms = terms if bad_terms is None else torch.where(hit, terms, bad_terms)
+            iteration += 1
+            count = target.shape[0]
+            images_seen += count
+            top1, top5 = _correct(logits, target)
+            _add(sums, "loss", loss.detach().float() * count)
+            for name, value in zip(losses, terms):
+                _add(sums, name, value * count)
+            _add(sums, "top1", top1)
+            _add(sums, "top5", top5)
+            for name, value in getattr(self.distiller, "step_stats", {}).items():
+                _add(sums, name, value.float() * count)
+            progress.update()
+        progress.close()
+        names = list(sums)
+        totals = torch.stack([sums[name] for name in names] + [zero + images_seen, (first_bad >= 0).float()])
+        all_reduce_sum(totals, self.context)
+        values = totals.tolist()
+        if values[-1] > 0:
+            self._raise_non_finite(epoch, first_bad, bad_terms, losses)
+        count = values[-2]
+        result = {("train_" + name if name in ("loss", "top1", "top5") else name): value / count for name, value in zip(names, values)}
+        result["train_acc"] = result.pop("train_top1")
+        result["train_acc_top5"] = result.pop("train_top5")
+        result["train_images"] = int(count)
+        return result
+
+    def _step(self, images, target, extras, epoch):
+        with self._autocast():
+            if self.num_views == 2:
+                logits, losses = self.distiller(image_weak=images[0], image_strong=images[1], target=target, epoch=epoch)
+            else:
+                logits, losses = self.distiller(image=images, target=target, epoch=epoch, **extras)
+        loss = sum(value.float().mean() for value in losses.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        return losses, loss, logits.detach()
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Test top-1, top-5 (percent) and cross-entropy of the student on the test set."""
+        self.distiller.eval()
+        sums = torch.zeros(4, device=self.device)
+        for batch in self.val_loader:
+            image, target = batch[0], batch[1]
+            image = self._image_to_device(image)
+            target = target.to(self.device, non_blocking=True)
+            with self._autocast():
+                logits = self.distiller(image=image)
+            top1, top5 = _correct(logits, target)
+            loss = F.cross_entropy(logits.float(), target, reduction="sum")
+            sums += torch.stack([top1, top5, loss, torch.ones_like(loss) * target.shape[0]])
+        all_reduce_sum(sums, self.context)
+        top1, top5, loss, count = sums.tolist()
+        count = max(count, 1.0)
+        return {"test_acc": 100.0 * top1 / count, "test_acc_top5": 100.0 * top5 / count, "test_loss": loss / count}
+
+    # ----------------------------------------------------------------- pieces
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def _to_device(self, batch):
+        images, target = batch[0], batch[1]
+        if self.num_views == 2:
+            if not isinstance(images, (list, tuple)) or len(images) != 2:
+                raise TypeError(
+                    "the distiller needs two views per batch but the loader yields one image "
+                    "tensor; its dataset transform should return (weak, strong)"
+                )
+            images = [self._image_to_device(view) for view in images]
+        else:
+            images = self._image_to_device(images)
+        target = target.to(self.device, non_blocking=True)
+        extras = {}
+        if len(batch) > 2:
+            extras["index"] = batch[2].to(self.device, non_blocking=True)
+        if len(batch) > 3:
+            extras["contrastive_index"] = batch[3].to(self.device, non_blocking=True)
+        return images, target, extras
+
+    def _image_to_device(self, image):
+        image = image.to(self.device, non_blocking=True).float()
+        if self.channels_last and image.dim() == 4:
+            image = image.contiguous(memory_format=torch.channels_last)
+        return image
+
+    def _set_learning_rate(self, epoch: int) -> float:
+        """mdistiller's step schedule: ``LR * RATE ** (number of stages < epoch)``."""
+        solver = self.cfg.SOLVER
+        decays = sum(1 for stage in solver.LR_DECAY_STAGES if epoch > stage)
+        lr = solver.LR * solver.LR_DECAY_RATE**decays
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def _raise_non_finite(self, epoch, first_bad, bad_terms, losses):
+        terms = ", ".join(f"{name}={value:.4g}" for name, value in zip(losses, bad_terms.tolist()))
+        raise NonFiniteLoss(
+            f"non-finite loss in epoch {epoch} at iteration {int(first_bad)} ({terms}); the run "
+            f"stopped before saving this epoch, so {self.run_folder / 'latest'} still holds the "
+            "last good epoch. Lower SOLVER.LR, check the inputs, or try SLKD.AMP none."
+        )
+
+    # ----------------------------------------------------------------- state
+    def _state(self, epoch: int) -> dict:
+        return {
+            "epoch": epoch,
+            "model": _plain_state(self.distiller),
+            "optimizer": self.optimizer.state_dict(),
+            "best_acc": self.best_acc,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": checkpoint.rng_state(),
+            "world_size": self.context.world_size,
+            "config": self.cfg.dump(),
+        }
+
+    def _save(self, epoch: int, improved: bool) -> None:
+        if not self.context.is_main:
+            return
+        folder = self.run_folder
+        state = self._state(epoch)
+        student = {"model": _plain_state(self.student)}
+        checkpoint.save_latest(state, folder, "latest")
+        checkpoint.save_atomic(student, folder / "student_latest")
+        if improved:
+            checkpoint.save_atomic(state, folder / "best")
+            checkpoint.save_atomic(student, folder / "student_best")
+        if epoch % int(self.cfg.LOG.SAVE_CHECKPOINT_FREQ) == 0:
+            checkpoint.save_atomic(student, folder / f"student_{epoch}")
+
+    def _resume(self) -> int:
+        state, path = checkpoint.load_latest(self.run_folder)
+        _load_plain_state(self.distiller, state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.best_acc = state["best_acc"]
+        checkpoint.set_rng_state(state["rng"])
+        self.record.truncate_after(state["epoch"])
+        if self.context.is_main:
+            print(f"[slkd] resuming from {path} after epoch {state['epoch']} (best {self.best_acc:.2f})", flush=True)
+        return int(state["epoch"]) + 1
+
+    # ----------------------------------------------------------------- logging
+    def _open_writer(self):
+        if self.context.is_main:
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_folder / "train.events"))
+
+    def _close_writer(self):
+        if self.writer is not None:
+            self.writer.close()
+
+    def _log(self, metrics: dict) -> None:
+        if not self.context.is_main:
+            return
+        self.record.log_epoch(metrics)
+        self.record.write_summary(
+            {
+                "best_acc": self.best_acc,
+                "last_acc": metrics.get("test_acc"),
+                "epochs_done": metrics["epoch"],
+                "epochs": int(self.cfg.SOLVER.EPOCHS),
+                "seed": int(self.cfg.SLKD.SEED),
+                "method": self.cfg.DISTILLER.TYPE,
+                "teacher": self.cfg.DISTILLER.TEACHER,
+                "student": self.cfg.DISTILLER.STUDENT,
+                "world_size": self.context.world_size,
+            }
+        )
+        epoch = metrics["epoch"]
+        for name, value in metrics.items():
+            if name != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(name, value, epoch)
+        self.writer.flush()
+        if self.cfg.LOG.WANDB:
+            try:
+                import wandb
+            except ImportError:
+                wandb = None
+            if wandb is not None and wandb.run is not None:
+                wandb.log(metrics, step=epoch)
+        shown = ", ".join(
+            f"{name} {metrics[name]:.4g}"
+            for name in ("train_loss", "train_acc", "test_acc", "best_acc", "train_seconds")
+            if name in metrics
+        )
+        print(f"[slkd] epoch {epoch}/{self.cfg.SOLVER.EPOCHS}: {shown}", flush=True)
+
+
+class _Progress:
+    """A tqdm bar on a terminal, a line every tenth of the epoch otherwise. Reads nothing from the device."""
+
+    def __init__(self, total: int, label: str, enabled: bool):
+        self.total, self.label, self.enabled, self.done = total, label, enabled, 0
+        self.started = time.perf_counter()
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=label, dynamic_ncols=True)
+
+    def update(self):
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update()
+        elif self.enabled and self.total >= 10 and self.done % (self.total // 10) == 0:
+            elapsed = time.perf_counter() - self.started
+            rate = self.done / max(elapsed, 1e-9)
+            eta = (self.total - self.done) / max(rate, 1e-9)
+            print(f"[slkd] {self.label}: {self.done}/{self.total} iterations, {rate:.1f} it/s, ETA {eta:.0f} s", flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _correct(logits: torch.Tensor, target: torch.Tensor):
+    """Counts of rows whose label is the top-1 and among the top-5 predictions (on device)."""
+    k = min(5, logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    hits = top == target.view(-1, 1)
+    return hits[:, :1].sum().float(), hits.sum().float()
+
+
+def _add(sums: dict, name: str, value: torch.Tensor) -> None:
+    sums[name] = value if name not in sums else sums[name] + value
+
+
+def _seed_everything(seed: int, epoch: int) -> None:
+    """Seed python, numpy and torch from (seed, epoch), so an epoch replays after a resume."""
+    mixed = (seed * 1_000_003 + epoch) % 2**32
+    random.seed(mixed)
+    np.random.seed(mixed)
+    torch.manual_seed(mixed)
+
+
+def _unwrap_data_parallel(distiller):
+    if isinstance(distiller, torch.nn.DataParallel):
+        if len(distiller.device_ids or []) > 1:
+            print(
+                "[slkd] unwrapping nn.DataParallel: slkd's trainer uses one device per process; "
+                "for several GPUs launch with torchrun (see the README)",
+                flush=True,
+            )
+        return distiller.module
+    return distiller
+
+
+def _device_of(module) -> torch.device:
+    for tensor in module.parameters():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _plain_state(module) -> dict:
+    """``state_dict`` without DDP's ``module.`` infixes, loadable in any number of processes."""
+    return {key.replace("module.", "", 1) if key.startswith("module.") else key.replace(".module.", ".", 1) if ".module." in key and _is_ddp_key(module, key) else key: value for key, value in module.state_dict().items()}
+
+
+def _is_ddp_key(module, key: str) -> bool:
+    owner = key.split(".module.", 1)[0]
+    sub = module.get_submodule(owner) if owner else module
+    return isinstance(sub, torch.nn.parallel.DistributedDataParallel)
+
+
+def _load_plain_state(distiller, state: dict) -> None:
+    student = distiller.student
+    if isinstance(student, torch.nn.parallel.DistributedDataParallel):
+        state = {("student.module." + key[len("student."):] if key.startswith("student.") else key): value for key, value in state.items()}
+    distiller.load_state_dict(state)

@@ -1,0 +1,216 @@
+"""slkd-train: mdistiller's training command, with SLD registered and slkd's trainer.
+
+    slkd-train --cfg FILE [--resume] [--device cpu|cuda] [--smoke] [--seed N]
+               [--deterministic] [--amp none|bf16|fp16] [--channels-last] [--wandb] [KEY VALUE ...]
+
+The grammar is that of mdistiller's ``tools/train.py`` (``--cfg``, ``--resume``, trailing
+``KEY VALUE`` overrides), so its configs and habits carry over; no patch and no
+``tools/train.py`` are needed. Under ``torchrun`` it trains with DistributedDataParallel
+(``python -m slkd.run.train`` works too). Every method (KD, DKD, CRD, MLKD, SLD, ...) runs
+through slkd's trainer, whatever ``SOLVER.TRAINER`` says, so all see the same loop.
+
+``--smoke`` runs the real loop for two short epochs (the second past ``SLD.GAMMA``) and one
+evaluation per epoch on synthetic CIFAR-shaped data with a randomly initialised teacher: a
+check that everything is wired, on a CPU in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+import torch
+
+SMOKE_ITERATIONS = 3
+SMOKE_BATCH = 16
+SMOKE_TEST_IMAGES = 64
+
+
+class UsageError(RuntimeError):
+    """A command line that cannot run; the message says what to change."""
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser("slkd-train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cfg", type=str, default="", help="mdistiller-style YAML config")
+    parser.add_argument("--resume", action="store_true", help="continue the run from its last complete epoch")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    parser.add_argument("--smoke", action="store_true", help="a few iterations on synthetic data, random teacher")
+    parser.add_argument("--seed", type=int, default=None, help="sets SLKD.SEED")
+    parser.add_argument("--deterministic", action="store_true", help="sets SLKD.DETERMINISTIC")
+    parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None, help="sets SLKD.AMP")
+    parser.add_argument("--channels-last", action="store_true", help="sets SLKD.CHANNELS_LAST")
+    parser.add_argument("--wandb", action="store_true", help="log to Weights & Biases (off by default)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
+    return parser.parse_args(argv)
+
+
+def build_config(args, host_cfg):
+    """The merged, validated config for ``args``."""
+    from slkd.host.config import load_config, validate_run_options, validate_sld
+
+    cfg = load_config(host_cfg, args.cfg or None, list(args.opts))
+    if args.seed is not None:
+        cfg.SLKD.SEED = args.seed
+    if args.deterministic:
+        cfg.SLKD.DETERMINISTIC = True
+    if args.amp is not None:
+        cfg.SLKD.AMP = args.amp
+    if args.channels_last:
+        cfg.SLKD.CHANNELS_LAST = True
+    cfg.LOG.WANDB = bool(args.wandb)
+    if args.smoke:
+        _shrink_for_smoke(cfg)
+    validate_run_options(cfg)
+    if cfg.DISTILLER.TYPE == "SLD":
+        validate_sld(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def _shrink_for_smoke(cfg) -> None:
+    cfg.SOLVER.EPOCHS = 2
+    cfg.SOLVER.BATCH_SIZE = min(cfg.SOLVER.BATCH_SIZE, SMOKE_BATCH)
+    cfg.DATASET.TEST.BATCH_SIZE = min(cfg.DATASET.TEST.BATCH_SIZE, SMOKE_TEST_IMAGES)
+    cfg.SLD.GAMMA = 1
+    cfg.SLKD.LOADER.WORKERS = 0
+    cfg.LOG.PREFIX = os.path.join(cfg.LOG.PREFIX, "smoke")
+
+
+def experiment_name(cfg, opts) -> str:
+    """mdistiller's run name: ``PROJECT/(NAME or TAG)`` plus ``key:value`` of the overrides."""
+    name = cfg.EXPERIMENT.NAME or cfg.EXPERIMENT.TAG
+    extra = ",".join(f"{k}:{v}" for k, v in zip(opts[::2], opts[1::2]))
+    return os.path.join(cfg.EXPERIMENT.PROJECT, name + extra)
+
+
+def resolve_device(requested):
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but torch sees no GPU here; use --device cpu, or install a CUDA build of torch")
+    return requested or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def configure_backends(cfg, device_type: str) -> None:
+    if cfg.SLKD.DETERMINISTIC:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    elif device_type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def datasets(host, cfg, smoke: bool):
+    """Train and test datasets: the host's own, or synthetic CIFAR-shaped ones for ``--smoke``."""
+    from slkd.host import data
+
+    if smoke:
+        train, test = data.synthetic_cifar100_sets(cfg.SOLVER.BATCH_SIZE * SMOKE_ITERATIONS, SMOKE_TEST_IMAGES, seed=int(cfg.SLKD.SEED))
+        return train, test, 100
+    data_root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(host.package.__file__))), "data")
+    data.check_dataset_files(cfg, data_root)
+    from mdistiller.dataset import get_dataset
+
+    train_loader, val_loader, _num_data, num_classes = get_dataset(cfg)
+    _check_labels(train_loader.dataset, num_classes)
+    return train_loader.dataset, val_loader.dataset, num_classes
+
+
+def _check_labels(dataset, num_classes: int) -> None:
+    targets = getattr(dataset, "targets", None)
+    if targets is None or len(targets) == 0:
+        return
+    low, high = min(targets), max(targets)
+    if low < 0 or high >= num_classes:
+        raise UsageError(f"dataset labels range from {low} to {high} but the models have {num_classes} classes (0..{num_classes - 1})")
+
+
+def build_distiller(host, cfg, num_classes: int, smoke: bool, num_data: int):
+    from slkd.host import models
+
+    models.check_names(host, cfg)
+    student = models.build_student(host, cfg, num_classes)
+    if cfg.DISTILLER.TYPE == "NONE":
+        return host.distiller_dict["NONE"](student)
+    if cfg.DISTILLER.TYPE not in host.distiller_dict:
+        raise UsageError(f"DISTILLER.TYPE {cfg.DISTILLER.TYPE!r} is unknown; known: {', '.join(sorted(host.distiller_dict))}")
+    teacher = models.build_teacher(host, cfg, num_classes, pretrained=not smoke)
+    teacher.requires_grad_(False)
+    distiller_class = host.distiller_dict[cfg.DISTILLER.TYPE]
+    if cfg.DISTILLER.TYPE == "CRD":
+        return distiller_class(student, teacher, cfg, num_data)
+    return distiller_class(student, teacher, cfg)
+
+
+def run(argv=None) -> float:
+    """Parse, set up and train; returns the best test top-1."""
+    import slkd
+    from slkd.host.registry import import_host
+    from slkd.host.trainer import SLKDTrainer
+    from slkd.utils import distributed
+
+    args = parse_args(argv)
+    slkd.register()
+    host = import_host()
+    cfg = build_config(args, host.cfg)
+    device_type = resolve_device(args.device)
+    configure_backends(cfg, device_type)
+    context = distributed.init(device_type)
+    try:
+        train_set, test_set, num_classes = datasets(host, cfg, args.smoke)
+        distiller = build_distiller(host, cfg, num_classes, args.smoke, len(train_set))
+        if cfg.SOLVER.TRAINER != "slkd" and context.is_main:
+            print(f"[slkd] SOLVER.TRAINER {cfg.SOLVER.TRAINER!r}: slkd-train uses slkd's trainer for every method", flush=True)
+        if context.is_main:
+            _print_batch_and_lr(cfg, context)
+        trainer = SLKDTrainer(
+            experiment_name(cfg, list(args.opts)),
+            distiller,
+            _AsLoader(train_set),
+            _AsLoader(test_set),
+            cfg,
+            context=context,
+            argv=["slkd-train"] + list(argv if argv is not None else sys.argv[1:]),
+            host_package=host.package,
+        )
+        return trainer.train(resume=args.resume)
+    finally:
+        distributed.shutdown()
+
+
+def _print_batch_and_lr(cfg, context) -> None:
+    per_process = cfg.SOLVER.BATCH_SIZE // context.world_size
+    print(
+        f"[slkd] {cfg.DISTILLER.TYPE}: {cfg.DISTILLER.TEACHER} -> {cfg.DISTILLER.STUDENT}, global batch "
+        f"{cfg.SOLVER.BATCH_SIZE} = {context.world_size} process(es) x {per_process}, lr {cfg.SOLVER.LR}, "
+        f"{cfg.SOLVER.EPOCHS} epochs, device {context.device}",
+        flush=True,
+    )
+
+
+class _AsLoader:
+    """What the trainer reads of a host loader: its dataset."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+
+def main(argv=None) -> int:
+    """Console entry point: known errors print one clear line and exit 1."""
+    from slkd.errors import KNOWN_ERRORS
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        try:
+            best = run(argv)
+        except KNOWN_ERRORS as error:
+            print(f"slkd-train: error: {error}", file=sys.stderr)
+            return 1
+    print(f"[slkd] best test top-1: {best:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

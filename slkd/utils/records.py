@@ -1,0 +1,115 @@
+"""What a run leaves behind, so that its numbers can be explained and reproduced.
+
+A run folder holds::
+
+    config.yaml      the merged config
+    command.txt      the command line
+    environment.json python, torch, CUDA, GPUs, slkd version, host codebase and its commit
+    metrics.jsonl    one JSON object per epoch (loss terms, accuracies, lr, seconds, memory)
+    summary.json     best and last test top-1, epochs done, seed; rewritten after each epoch
+    latest, best, student_latest, student_best   checkpoints (mdistiller's names)
+    train.events/    tensorboard logs
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import slkd
+
+
+def environment(host_package=None) -> dict:
+    """Facts about the software and hardware this run uses."""
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "cpus": os.cpu_count(),
+        "slkd": slkd.__version__,
+        "slkd_commit": git_commit(Path(slkd.__file__).parent),
+    }
+    if host_package is not None:
+        folder = Path(host_package.__file__).parent
+        info["host"] = {
+            "package": host_package.__name__,
+            "path": str(folder.parent),
+            "commit": git_commit(folder),
+        }
+    try:
+        import torchvision
+
+        info["torchvision"] = torchvision.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def git_commit(folder: Path) -> str | None:
+    """The commit checked out in the git work tree holding ``folder`` (None when not in one)."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+class RunRecord:
+    """Writes the files of a run folder (only on rank 0 under torchrun)."""
+
+    def __init__(self, folder: str | os.PathLike, enabled: bool = True):
+        self.folder = Path(folder)
+        self.enabled = enabled
+        if enabled:
+            self.folder.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.folder / "metrics.jsonl"
+
+    def start(self, cfg, argv, env: dict) -> None:
+        """Write config, command and environment."""
+        if not self.enabled:
+            return
+        _write_text(self.folder / "config.yaml", cfg.dump())
+        _write_text(self.folder / "command.txt", " ".join(argv) + "\n")
+        _write_text(self.folder / "environment.json", json.dumps(env, indent=2, default=str) + "\n")
+
+    def truncate_after(self, epoch: int) -> None:
+        """Drop metric lines of epochs after ``epoch`` (left by a run killed before its checkpoint)."""
+        if not self.enabled or not self.metrics_path.exists():
+            return
+        kept = [line for line in self.read_metrics() if line["epoch"] <= epoch]
+        _write_text(self.metrics_path, "".join(json.dumps(line) + "\n" for line in kept))
+
+    def log_epoch(self, metrics: dict) -> None:
+        """Append one epoch's metrics."""
+        if self.enabled:
+            with open(self.metrics_path, "a") as stream:
+                stream.write(json.dumps(metrics) + "\n")
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics_path.exists():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+
+    def write_summary(self, summary: dict) -> None:
+        if self.enabled:
+            _write_text(self.folder / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
+def _write_text(path: Path, text: str) -> None:
+    temporary = path.with_name("." + path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
