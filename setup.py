@@ -17,8 +17,6 @@ setup(
     license="MIT",
     python_requires=">=3.9",
     packages=find_packages(include=["slkd", "slkd.*"]),
-    include_package_data=True,
-    package_data={"slkd": ["configs/**/*.yaml"]},
     install_requires=[
         "torch",
         "torchvision",

@@ -23,9 +23,9 @@ import warnings
 
 import torch
 
-SMOKE_ITERATIONS = 3
-SMOKE_BATCH = 16
-SMOKE_TEST_IMAGES = 64
+SMOKE_ITERATIONS = 2
+SMOKE_BATCH = 8
+SMOKE_TEST_IMAGES = 32
 
 
 class UsageError(RuntimeError):
