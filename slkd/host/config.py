@@ -42,6 +42,9 @@ SLD_DEFAULTS = {
 
 AMP_MODES = ("none", "bf16", "fp16")
 
+# Trainers that feed two views per batch: slkd's, and the MLKD fork's "ours".
+TWO_VIEW_TRAINERS = ("slkd", "ours")
+
 
 class ConfigError(ValueError):
     """A config that cannot run; the message says what to change."""
@@ -91,6 +94,11 @@ def validate_sld(cfg: CN) -> None:
     for key in ("CE_WEIGHT", "KD_WEIGHT"):
         if node[key] < 0:
             raise ConfigError(f"SLD.{key} is {node[key]}: loss weights cannot be negative")
+    if node.STRONG_VIEW and cfg.SOLVER.TRAINER not in TWO_VIEW_TRAINERS:
+        raise ConfigError(
+            f"SLD.STRONG_VIEW is True but SOLVER.TRAINER {cfg.SOLVER.TRAINER!r} feeds one view per "
+            f"batch: set SOLVER.TRAINER to one of {', '.join(TWO_VIEW_TRAINERS)}, or SLD.STRONG_VIEW False"
+        )
     if node.STUDENT_SWAP and node.GAMMA >= cfg.SOLVER.EPOCHS:
         warnings.warn(
             f"SLD.GAMMA={node.GAMMA} >= SOLVER.EPOCHS={cfg.SOLVER.EPOCHS}: the pseudo-teacher "

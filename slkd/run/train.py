@@ -61,6 +61,9 @@ def build_config(args, host_cfg):
     if args.channels_last:
         cfg.SLKD.CHANNELS_LAST = True
     cfg.LOG.WANDB = bool(args.wandb)
+    if cfg.SOLVER.TRAINER != "slkd":
+        print(f"[slkd] SOLVER.TRAINER {cfg.SOLVER.TRAINER!r} -> 'slkd': slkd-train runs every method with slkd's trainer", flush=True)
+        cfg.SOLVER.TRAINER = "slkd"
     if args.smoke:
         _shrink_for_smoke(cfg)
     validate_run_options(cfg)
@@ -161,8 +164,6 @@ def run(argv=None) -> float:
     try:
         train_set, test_set, num_classes = datasets(host, cfg, args.smoke)
         distiller = build_distiller(host, cfg, num_classes, args.smoke, len(train_set))
-        if cfg.SOLVER.TRAINER != "slkd" and context.is_main:
-            print(f"[slkd] SOLVER.TRAINER {cfg.SOLVER.TRAINER!r}: slkd-train uses slkd's trainer for every method", flush=True)
         if context.is_main:
             _print_batch_and_lr(cfg, context)
         trainer = SLKDTrainer(
