@@ -9,8 +9,21 @@ import torch
 from slkd.host.registry import Host
 
 
+# The same ImageNet network under the two hosts' names: upstream mdistiller's MobileNetV1 is
+# the MLKD fork's (and the released SLD code's) MobileNetV2.
+IMAGENET_ALIASES = {"MobileNetV1": "MobileNetV2", "MobileNetV2": "MobileNetV1"}
+
+
 class ModelError(ValueError):
     """A network that cannot be built or loaded; the message names the fix."""
+
+
+def resolve_name(host: Host, dataset_type: str, name: str) -> str:
+    """``name``, or its alias on this host when the host knows the network by the other name."""
+    table = model_table(host, dataset_type)
+    if name not in table and dataset_type == "imagenet" and IMAGENET_ALIASES.get(name) in table:
+        return IMAGENET_ALIASES[name]
+    return name
 
 
 def model_table(host: Host, dataset_type: str) -> dict:
@@ -26,7 +39,7 @@ def check_names(host: Host, cfg) -> None:
     """Fail early on a teacher or student the host does not know, listing the known ones."""
     table = model_table(host, cfg.DATASET.TYPE)
     for role in ("TEACHER", "STUDENT"):
-        name = cfg.DISTILLER[role]
+        name = resolve_name(host, cfg.DATASET.TYPE, cfg.DISTILLER[role])
         if name not in table:
             raise ModelError(
                 f"DISTILLER.{role} {name!r} is not a {cfg.DATASET.TYPE} model of this mdistiller; "
@@ -37,7 +50,7 @@ def check_names(host: Host, cfg) -> None:
 def build_student(host: Host, cfg, num_classes: int):
     """A freshly initialised student."""
     table = model_table(host, cfg.DATASET.TYPE)
-    entry = table[cfg.DISTILLER.STUDENT]
+    entry = table[resolve_name(host, cfg.DATASET.TYPE, cfg.DISTILLER.STUDENT)]
     if cfg.DATASET.TYPE == "imagenet":
         return entry(pretrained=False)
     return entry[0](num_classes=num_classes)
@@ -46,7 +59,7 @@ def build_student(host: Host, cfg, num_classes: int):
 def build_teacher(host: Host, cfg, num_classes: int, *, pretrained: bool = True, fetch_hint: str = "slkd-fetch teachers"):
     """The teacher, with its released weights unless ``pretrained`` is False (smoke runs)."""
     table = model_table(host, cfg.DATASET.TYPE)
-    name = cfg.DISTILLER.TEACHER
+    name = resolve_name(host, cfg.DATASET.TYPE, cfg.DISTILLER.TEACHER)
     if cfg.DATASET.TYPE == "imagenet":
         try:
             return table[name](pretrained=pretrained)

@@ -57,6 +57,7 @@ class Host:
 def import_host() -> Host:
     """Import mdistiller's registries, or raise :class:`HostNotFound` with install steps."""
     _add_env_checkout_to_path()
+    _allow_import_without_tk()
     try:
         package = importlib.import_module("mdistiller")
         cfg_module = importlib.import_module("mdistiller.engine.cfg")
@@ -130,6 +131,27 @@ def _same_class(a, b) -> bool:
 
 def _is_slkd(obj) -> bool:
     return getattr(obj, "__module__", "").startswith("slkd.")
+
+
+def _allow_import_without_tk() -> None:
+    """Let the MLKD fork import on machines without Tk.
+
+    The fork's ``KD_ours`` module (and the released SLD code) runs ``from turtle import st``
+    and never uses it; ``turtle`` needs Tk, so without Tk the whole ``mdistiller.distillers``
+    package fails to import. Where ``turtle`` cannot be imported, an empty placeholder
+    module stands in for it. Nothing else is changed.
+    """
+    import sys
+    import types
+
+    if "turtle" in sys.modules:
+        return
+    try:
+        importlib.import_module("turtle")
+    except ImportError:
+        placeholder = types.ModuleType("turtle", "placeholder: Tk is not installed (see slkd.host.registry)")
+        placeholder.st = None
+        sys.modules["turtle"] = placeholder
 
 
 def _add_env_checkout_to_path() -> None:

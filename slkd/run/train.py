@@ -130,7 +130,20 @@ def _check_labels(dataset, num_classes: int) -> None:
         raise UsageError(f"dataset labels range from {low} to {high} but the models have {num_classes} classes (0..{num_classes - 1})")
 
 
-def build_distiller(host, cfg, num_classes: int, smoke: bool, num_data: int):
+def _calibrate_batchnorm(model, images) -> None:
+    """Give a random teacher BatchNorm statistics of the smoke data, so its logits stay in a
+    trained network's range instead of growing with depth."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over the calibration batch
+    model.train()
+    with torch.no_grad():
+        model(images)
+    model.eval()
+
+
+def build_distiller(host, cfg, num_classes: int, smoke: bool, num_data: int, calibration_images=None):
     from slkd.host import models
 
     models.check_names(host, cfg)
@@ -141,6 +154,8 @@ def build_distiller(host, cfg, num_classes: int, smoke: bool, num_data: int):
         raise UsageError(f"DISTILLER.TYPE {cfg.DISTILLER.TYPE!r} is unknown; known: {', '.join(sorted(host.distiller_dict))}")
     teacher = models.build_teacher(host, cfg, num_classes, pretrained=not smoke)
     teacher.requires_grad_(False)
+    if smoke:
+        _calibrate_batchnorm(teacher, calibration_images)
     distiller_class = host.distiller_dict[cfg.DISTILLER.TYPE]
     if cfg.DISTILLER.TYPE == "CRD":
         return distiller_class(student, teacher, cfg, num_data)
@@ -163,7 +178,8 @@ def run(argv=None) -> float:
     context = distributed.init(device_type)
     try:
         train_set, test_set, num_classes = datasets(host, cfg, args.smoke)
-        distiller = build_distiller(host, cfg, num_classes, args.smoke, len(train_set))
+        calibration = torch.stack([test_set[i][0] for i in range(len(test_set))]) if args.smoke else None
+        distiller = build_distiller(host, cfg, num_classes, args.smoke, len(train_set), calibration)
         if context.is_main:
             _print_batch_and_lr(cfg, context)
         trainer = SLKDTrainer(
