@@ -20,7 +20,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from slkd.host.views import cifar100_test_transform, cifar100_weak_transform, two_view_transform
+from slkd.host.config import ConfigError
+from slkd.host.views import TwoViews, cifar100_test_transform, cifar100_weak_transform, two_view_transform
 
 
 class DatasetMissing(FileNotFoundError):
@@ -85,8 +86,11 @@ def check_dataset_files(cfg, data_root: str) -> None:
 
 
 def use_views(dataset: Dataset, dataset_type: str, num_views: int) -> None:
-    """Make ``dataset`` yield two views ``(weak, strong)`` per image when ``num_views == 2``."""
-    if num_views == 2:
+    """Make ``dataset`` yield two views ``(weak, strong)`` per image when ``num_views == 2``.
+
+    A dataset whose transform is already a :class:`TwoViews` keeps it.
+    """
+    if num_views == 2 and not isinstance(getattr(dataset, "transform", None), TwoViews):
         dataset.transform = two_view_transform(dataset_type)
 
 
@@ -101,13 +105,14 @@ def train_loader(dataset, cfg, *, device: torch.device, world_size: int = 1, ran
 
     ``SOLVER.BATCH_SIZE`` is the global batch: each of ``world_size`` processes loads
     ``BATCH_SIZE / world_size`` images (mdistiller's DataParallel split the same batch).
+    The order is a permutation drawn from ``(SLKD.SEED, epoch)``, also in one process, so
+    at every step the processes' batches together are the one process's batch.
     """
     per_process = _per_process_batch(cfg.SOLVER.BATCH_SIZE, world_size)
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=int(cfg.SLKD.SEED)) if world_size > 1 else None
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=int(cfg.SLKD.SEED))
     return DataLoader(
         dataset,
         batch_size=per_process,
-        shuffle=sampler is None,
         sampler=sampler,
         drop_last=drop_last,
         **_feeding(cfg, device, world_size),
@@ -152,7 +157,7 @@ def _feeding(cfg, device: torch.device, world_size: int) -> dict:
 
 def _per_process_batch(batch_size: int, world_size: int) -> int:
     if batch_size % world_size:
-        raise ValueError(
+        raise ConfigError(
             f"SOLVER.BATCH_SIZE={batch_size} is the global batch and must divide evenly over "
             f"{world_size} processes; pick a multiple of {world_size}"
         )

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from slkd.host import data
-from slkd.host.config import validate_run_options
+from slkd.host.config import ConfigError, validate_run_options
 from slkd.utils import checkpoint
 from slkd.utils.distributed import DistContext, all_reduce_sum
 from slkd.utils.records import RunRecord, environment
@@ -81,7 +81,7 @@ class SLKDTrainer:
     # ----------------------------------------------------------------- set-up
     def _optimizer(self):
         if self.cfg.SOLVER.TYPE != "SGD":
-            raise ValueError(f"SOLVER.TYPE {self.cfg.SOLVER.TYPE!r} is not supported: slkd's trainer uses SGD, as mdistiller does")
+            raise ConfigError(f"SOLVER.TYPE {self.cfg.SOLVER.TYPE!r} is not supported: slkd's trainer uses SGD, as mdistiller does")
         return torch.optim.SGD(
             self.distiller.get_learnable_parameters(),
             lr=self.cfg.SOLVER.LR,
@@ -95,6 +95,8 @@ class SLKDTrainer:
         from torch.nn.parallel import DistributedDataParallel
 
         student = self.distiller.student
+        if self.cfg.SLKD.SYNC_BN and self.device.type != "cuda":
+            raise ConfigError("SLKD.SYNC_BN needs CUDA devices (torch's SyncBatchNorm does not run on CPUs); set it False")
         if self.cfg.SLKD.SYNC_BN:
             student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
             self.student = student

@@ -225,7 +225,8 @@ def main(argv=None) -> int:
         except KNOWN_ERRORS as error:
             print(f"slkd-train: error: {error}", file=sys.stderr)
             return 1
-    print(f"[slkd] best test top-1: {best:.2f}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"[slkd] best test top-1: {best:.2f}")
     return 0
 
 
