@@ -1,0 +1,638 @@
+"""Tests for slkd.run.fetch: teacher checkpoints and CIFAR-100, fetched and verified offline.
+
+Everything is built locally in tmp_path: tar archives of checkpoints (real mdistiller
+architectures, randomly initialised, or simple stand-in state dicts), fetched with
+``archive=`` or through ``file://`` URLs, and a tiny CIFAR-100 folder in torchvision's
+pickle format.  Tests marked by the ``cifar_model_dict`` fixture need mdistiller: set
+SLKD_MDISTILLER_PATH to a checkout (it is prepended to sys.path) or pip install -e it.
+"""
+
+import functools
+import hashlib
+import http.server
+import importlib
+import io
+import logging
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tarfile
+import threading
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torchvision import datasets
+
+import slkd
+from slkd.run import fetch
+from slkd.run.fetch import FetchError
+
+TEACHERS = ["resnet56", "resnet110", "resnet32x4", "ResNet50", "wrn_40_2", "vgg13"]
+LAYOUT = "download_ckpts/cifar_teachers/{}_vanilla/ckpt_epoch_240.pth"
+SLKD_PARENT = Path(slkd.__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _no_root_env(monkeypatch):
+    monkeypatch.delenv(fetch.ROOT_ENV_VAR, raising=False)
+
+
+@pytest.fixture(scope="module")
+def cifar_model_dict():
+    """mdistiller's cifar_model_dict, from SLKD_MDISTILLER_PATH or an installed mdistiller."""
+    extra = os.environ.get("SLKD_MDISTILLER_PATH")
+    with pytest.MonkeyPatch.context() as mp:
+        if extra:
+            mp.syspath_prepend(extra)
+        try:
+            module = importlib.import_module("mdistiller.models.cifar")
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] != "mdistiller":
+                raise
+            pytest.skip(
+                "mdistiller is not importable: set SLKD_MDISTILLER_PATH=/path/to/mdistiller "
+                "checkout, or pip install -e it"
+            )
+        yield module.cifar_model_dict
+
+
+@pytest.fixture
+def no_mdistiller(monkeypatch):
+    """Make every mdistiller import fail, as when it is not installed."""
+    for name in [n for n in sys.modules if n.split(".")[0] == "mdistiller"] + ["mdistiller"]:
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+# --------------------------------------------------------------------------- archive helpers
+
+
+def checkpoint_bytes(state, key="model"):
+    buffer = io.BytesIO()
+    torch.save({key: state, "epoch": 240}, buffer)
+    return buffer.getvalue()
+
+
+def stand_in_state(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return {"fc.weight": torch.randn(100, 8, generator=generator), "fc.bias": torch.zeros(100)}
+
+
+def member(name):
+    return LAYOUT.format(name).removeprefix("download_ckpts/")
+
+
+def stand_in_members(seed=0):
+    return {member(name): checkpoint_bytes(stand_in_state(seed + i)) for i, name in enumerate(TEACHERS)}
+
+
+def write_tar(path, files, extra=()):
+    """Tar of regular files {member name: bytes}, plus extra prepared TarInfo members."""
+    with tarfile.open(path, "w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for info in extra:
+            tar.addfile(info)
+    return path
+
+
+@pytest.fixture
+def stand_in_archive(tmp_path):
+    return write_tar(tmp_path / "stand_in.tar", stand_in_members())
+
+
+@pytest.fixture(scope="module")
+def real_archive(cifar_model_dict, tmp_path_factory):
+    """cifar_teachers.tar with randomly initialised teachers of the real architectures."""
+    torch.manual_seed(0)
+    files = {
+        member(name): checkpoint_bytes(cifar_model_dict[name][0](num_classes=100).state_dict())
+        for name in TEACHERS
+    }
+    return write_tar(tmp_path_factory.mktemp("release") / "cifar_teachers.tar", files)
+
+
+def listing(folder):
+    return sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*"))
+
+
+def expected_tree():
+    """listing() of download_ckpts holding exactly the six teachers, no temporary files."""
+    files = [member(name) for name in TEACHERS]
+    folders = {"cifar_teachers"} | {str(Path(f).parent) for f in files}
+    return sorted(folders | set(files))
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """Serve tmp_path/www over HTTP on localhost (torchvision's downloader needs http, not file://)."""
+    www = tmp_path / "www"
+    www.mkdir()
+    handler = functools.partial(QuietHandler, directory=str(www))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        yield www, f"http://127.0.0.1:{server.server_address[1]}"
+        server.shutdown()
+        thread.join()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+# --------------------------------------------------------------------------- checkout root
+
+
+def test_find_root_explicit_and_env(tmp_path, monkeypatch):
+    (tmp_path / "mdistiller").mkdir()
+    assert fetch.find_mdistiller_root(tmp_path) == tmp_path
+    monkeypatch.setenv(fetch.ROOT_ENV_VAR, str(tmp_path))
+    assert fetch.find_mdistiller_root() == tmp_path
+
+
+@pytest.mark.parametrize("via_env", [False, True])
+def test_find_root_rejects_folder_without_mdistiller(tmp_path, monkeypatch, via_env):
+    if via_env:
+        monkeypatch.setenv(fetch.ROOT_ENV_VAR, str(tmp_path))
+    with pytest.raises(FetchError) as error:
+        fetch.find_mdistiller_root(None if via_env else tmp_path)
+    message = str(error.value)
+    assert str(tmp_path) in message and "git clone" in message and "pip install -e" in message
+    assert "slkd-fetch all --mdistiller-root" in message
+
+
+def test_find_root_from_importable_package_follows_symlinks(tmp_path, monkeypatch):
+    tmp_path = tmp_path.resolve()
+    (tmp_path / "real" / "mdistiller").mkdir(parents=True)
+    (tmp_path / "real" / "mdistiller" / "__init__.py").write_text("")
+    (tmp_path / "link").mkdir()
+    (tmp_path / "link" / "mdistiller").symlink_to(tmp_path / "real" / "mdistiller")
+    monkeypatch.delitem(sys.modules, "mdistiller", raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path / "link"))
+    # mdistiller's paths climb out of its package with "..", which follows the symlink.
+    assert fetch.find_mdistiller_root() == tmp_path / "real"
+
+
+def test_find_root_explains_how_to_install(no_mdistiller):
+    with pytest.raises(FetchError, match="not importable") as error:
+        fetch.find_mdistiller_root()
+    assert "git clone https://github.com/megvii-research/mdistiller" in str(error.value)
+    assert "pip install -e" in str(error.value)
+
+
+# --------------------------------------------------------------------------- teacher paths
+
+
+def test_teacher_paths_follow_mdistiller_layout(tmp_path):
+    assert list(fetch.CIFAR_TEACHERS) == TEACHERS
+    for name in TEACHERS:
+        assert fetch.teacher_checkpoint_path(tmp_path, name) == tmp_path / LAYOUT.format(name)
+    with pytest.raises(ValueError, match="resnet8"):
+        fetch.teacher_checkpoint_path(tmp_path, "resnet8")
+
+
+def test_teacher_paths_match_cifar_model_dict(cifar_model_dict):
+    root = fetch.find_mdistiller_root()
+    if os.environ.get("SLKD_MDISTILLER_PATH"):
+        assert root == Path(os.environ["SLKD_MDISTILLER_PATH"]).resolve()
+    for name in TEACHERS:
+        expected = os.path.realpath(cifar_model_dict[name][1])
+        assert str(fetch.teacher_checkpoint_path(root, name)) == expected
+
+
+# --------------------------------------------------------------------------- fetching teachers
+
+
+def test_fetch_real_architectures_from_archive(cifar_model_dict, real_archive, tmp_path):
+    paths = fetch.fetch_cifar_teachers(tmp_path, archive=real_archive)
+    assert paths == [tmp_path / LAYOUT.format(name) for name in TEACHERS]
+    for name, path in zip(TEACHERS, paths, strict=True):
+        state = torch.load(path, map_location="cpu", weights_only=True)["model"]
+        cifar_model_dict[name][0](num_classes=100).load_state_dict(state, strict=True)
+    assert listing(tmp_path / "download_ckpts") == expected_tree()
+
+
+def test_fetch_real_architectures_from_file_url(cifar_model_dict, real_archive, tmp_path):
+    paths = fetch.fetch_cifar_teachers(tmp_path, real_archive.as_uri())
+    assert all(path.is_file() for path in paths)
+    downloaded = tmp_path / "download_ckpts" / "cifar_teachers.tar"
+    assert downloaded.read_bytes() == real_archive.read_bytes()
+    assert sorted(p.name for p in (tmp_path / "download_ckpts").iterdir()) == [
+        "cifar_teachers",
+        "cifar_teachers.tar",
+    ]
+
+
+def test_cli_puts_checkpoints_where_cifar_model_dict_reads(cifar_model_dict, real_archive, tmp_path):
+    """In a fresh copy of the checkout, mdistiller's own paths must point at the fetched files."""
+    package_dir = Path(importlib.import_module("mdistiller").__file__).parent
+    checkout = tmp_path / "checkout"
+    shutil.copytree(package_dir, checkout / "mdistiller", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "PYTHONPATH": str(SLKD_PARENT), "PYTHONDONTWRITEBYTECODE": "1"}
+    env.pop(fetch.ROOT_ENV_VAR, None)
+    script = (
+        "import os, sys; from slkd.run.fetch import main\n"
+        f"assert main(['teachers', '--archive', {str(real_archive)!r}]) == 0\n"
+        "from mdistiller.models.cifar import cifar_model_dict as d\n"
+        f"print('found', sum(os.path.isfile(d[n][1]) for n in {TEACHERS!r}))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=checkout,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert f"mdistiller checkout: {checkout.resolve()}" in run.stdout
+    assert "Verified 6 teacher checkpoints" in run.stdout
+    assert run.stdout.splitlines()[-1] == "found 6"
+
+
+def test_wrong_architecture_names_the_file(cifar_model_dict, tmp_path):
+    def save(name, arch, num_classes=100):
+        path = fetch.teacher_checkpoint_path(tmp_path, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(checkpoint_bytes(cifar_model_dict[arch][0](num_classes=num_classes).state_dict()))
+        return path
+
+    resnet56 = save("resnet56", "resnet20")
+    wrn = save("wrn_40_2", "wrn_40_2", num_classes=10)
+    save("vgg13", "vgg13")
+    names = ["resnet56", "wrn_40_2", "vgg13"]
+    with pytest.raises(FetchError) as error:
+        fetch.verify_cifar_teachers(tmp_path, names)
+    message = str(error.value)
+    assert message.startswith("2 of 3")
+    assert f"{resnet56}: does not fit architecture resnet56" in message
+    assert f"{wrn}: does not fit architecture wrn_40_2" in message
+    assert f"slkd-fetch teachers --mdistiller-root {tmp_path}" in message
+    assert "vgg13" not in message
+    assert fetch.verify_cifar_teachers(tmp_path, names, check_architecture=False)[0] == resnet56
+    fetch.verify_cifar_teachers(tmp_path, ["vgg13"])
+
+
+def test_stand_ins_fail_the_architecture_check(cifar_model_dict, stand_in_archive, tmp_path):
+    with pytest.raises(FetchError) as error:
+        fetch.fetch_cifar_teachers(tmp_path, archive=stand_in_archive)
+    assert str(error.value).startswith(f"{stand_in_archive} did not provide valid teacher checkpoints")
+    for name in TEACHERS:
+        assert f"{tmp_path / LAYOUT.format(name)}: does not fit architecture" in str(error.value)
+
+
+def test_architecture_check_skipped_without_mdistiller(no_mdistiller, stand_in_archive, tmp_path, caplog):
+    paths = fetch.fetch_cifar_teachers(tmp_path, archive=stand_in_archive)
+    assert [p.is_file() for p in paths] == [True] * 6
+    assert "not checked against their architectures" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "defect, expected",
+    [
+        ("missing", "missing"),
+        ("truncated", "cannot be loaded"),
+        ("garbage", "cannot be loaded"),
+        ("no model key", 'has no "model" state_dict'),
+    ],
+)
+def test_broken_checkpoint_names_the_file(tmp_path, defect, expected):
+    files = stand_in_members()
+    name = member("resnet110")
+    if defect == "missing":
+        del files[name]
+    elif defect == "truncated":
+        files[name] = files[name][: len(files[name]) // 2]
+    elif defect == "garbage":
+        files[name] = b"<html>Not Found</html>"
+    else:
+        files[name] = checkpoint_bytes(stand_in_state(), key="state_dict")
+    archive = write_tar(tmp_path / "release.tar", files)
+    root = tmp_path / "root"
+    with pytest.raises(FetchError) as error:
+        fetch.fetch_cifar_teachers(root, archive=archive, check_architecture=False)
+    message = str(error.value)
+    assert f"resnet110: {root / LAYOUT.format('resnet110')}: {expected}" in message
+    assert message.startswith(f"{archive} did not provide valid teacher checkpoints. 1 of 6")
+    assert all(f"  {other}:" not in message for other in TEACHERS if other != "resnet110")
+    assert f"slkd-fetch teachers --mdistiller-root {root}" in message
+
+
+UNSAFE = {
+    "dotdot": ("../evil", tarfile.REGTYPE, ""),
+    "nested": ("cifar_teachers/../../evil", tarfile.REGTYPE, ""),
+    "absolute": ("/tmp/slkd-evil", tarfile.REGTYPE, ""),
+    "symlink": ("cifar_teachers/link", tarfile.SYMTYPE, "../../evil"),
+    "hardlink": ("cifar_teachers/hard", tarfile.LNKTYPE, "/etc/passwd"),
+    "fifo": ("cifar_teachers/pipe", tarfile.FIFOTYPE, ""),
+}
+
+
+def unsafe_member(kind):
+    name, member_type, linkname = UNSAFE[kind]
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = member_type, linkname
+    return info
+
+
+@pytest.mark.parametrize("kind", sorted(UNSAFE))
+def test_unsafe_archive_is_refused(tmp_path, kind):
+    archive = write_tar(tmp_path / "evil.tar", stand_in_members(), extra=[unsafe_member(kind)])
+    root = tmp_path / "root"
+    with pytest.raises(FetchError, match="Refusing to extract") as error:
+        fetch.fetch_cifar_teachers(root, archive=archive, check_architecture=False)
+    assert UNSAFE[kind][0] in str(error.value)
+    assert listing(root / "download_ckpts") == []
+    assert not (tmp_path / "evil").exists()
+
+
+@pytest.mark.parametrize("damage", ["not a tar", "cut short"])
+def test_damaged_archive_leaves_checkpoints_untouched(tmp_path, stand_in_archive, damage):
+    fetch.fetch_cifar_teachers(tmp_path, archive=stand_in_archive, check_architecture=False)
+    before = {p: p.read_bytes() for p in (tmp_path / "download_ckpts").rglob("*.pth")}
+    data = stand_in_archive.read_bytes()
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(b"\x00garbage" * 100 if damage == "not a tar" else data[: len(data) // 2])
+    with pytest.raises(FetchError, match="Could not extract") as error:
+        fetch.fetch_cifar_teachers(tmp_path, archive=bad, force=True, check_architecture=False)
+    assert str(bad) in str(error.value)
+    assert {p: p.read_bytes() for p in (tmp_path / "download_ckpts").rglob("*.pth")} == before
+    assert listing(tmp_path / "download_ckpts") == expected_tree()
+
+
+def test_rerun_skips_and_force_extracts_again(tmp_path, stand_in_archive, caplog):
+    caplog.set_level(logging.INFO, logger=fetch.__name__)
+    paths = fetch.fetch_cifar_teachers(tmp_path, archive=stand_in_archive, check_architecture=False)
+    original = paths[0].read_bytes()
+    paths[0].write_bytes(checkpoint_bytes(stand_in_state(seed=99)))  # still valid, but different
+    gone = tmp_path / "gone.tar"  # neither read nor downloaded when nothing is needed
+    assert fetch.fetch_cifar_teachers(tmp_path, archive=gone, check_architecture=False) == paths
+    assert fetch.fetch_cifar_teachers(tmp_path, gone.as_uri(), check_architecture=False) == paths
+    assert "already present and valid" in caplog.text
+    assert paths[0].read_bytes() != original
+    fetch.fetch_cifar_teachers(tmp_path, archive=stand_in_archive, force=True, check_architecture=False)
+    assert paths[0].read_bytes() == original
+
+
+def test_broken_teacher_is_fetched_again_without_force(tmp_path, stand_in_archive):
+    paths = fetch.fetch_cifar_teachers(tmp_path, archive=stand_in_archive, check_architecture=False)
+    original = paths[2].read_bytes()
+    paths[2].write_bytes(original[:100])
+    fetch.fetch_cifar_teachers(tmp_path, archive=stand_in_archive, check_architecture=False)
+    assert paths[2].read_bytes() == original
+
+
+def test_fetch_over_http(tmp_path, stand_in_archive, http_server):
+    www, base_url = http_server
+    shutil.copy(stand_in_archive, www / "cifar_teachers.tar")
+    paths = fetch.fetch_cifar_teachers(
+        tmp_path / "root", f"{base_url}/cifar_teachers.tar", check_architecture=False
+    )
+    assert paths == [tmp_path / "root" / LAYOUT.format(name) for name in TEACHERS]
+    downloaded = tmp_path / "root" / "download_ckpts" / "cifar_teachers.tar"
+    assert downloaded.read_bytes() == stand_in_archive.read_bytes()
+
+
+class ShortResponse(io.BytesIO):
+    """A urlopen response that announces more bytes than it delivers."""
+
+    headers = {"Content-Length": "1000000"}
+
+
+def test_interrupted_download_leaves_no_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: ShortResponse(b"x" * 1000))
+    with pytest.raises(FetchError, match="stopped after 1000 of 1000000 bytes") as error:
+        fetch.fetch_cifar_teachers(tmp_path, "https://example.invalid/cifar_teachers.tar")
+    assert "https://example.invalid/cifar_teachers.tar" in str(error.value)
+    assert listing(tmp_path / "download_ckpts") == []
+
+
+def test_unreachable_url_suggests_archive(tmp_path):
+    url = (tmp_path / "nowhere.tar").as_uri()
+    with pytest.raises(FetchError) as error:
+        fetch.fetch_cifar_teachers(tmp_path, url)
+    message = str(error.value)
+    assert url in message
+    assert f"slkd-fetch teachers --mdistiller-root {tmp_path} --archive FILE" in message
+    assert listing(tmp_path / "download_ckpts") == []
+
+
+# --------------------------------------------------------------------------- command line
+
+
+@pytest.fixture
+def checkout(tmp_path):
+    (tmp_path / "checkout" / "mdistiller").mkdir(parents=True)
+    return tmp_path / "checkout"
+
+
+def test_cli_fetches_then_skips(no_mdistiller, checkout, stand_in_archive, capsys):
+    argv = ["teachers", "--mdistiller-root", str(checkout), "--archive", str(stand_in_archive)]
+    assert fetch.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"Extracted 6 files from {stand_in_archive}" in out and "Verified 6 teacher checkpoints" in out
+    assert fetch.main(argv) == 0
+    assert "already present and valid" in capsys.readouterr().out
+    assert fetch.main(argv + ["--force"]) == 0
+    assert "Extracted 6 files" in capsys.readouterr().out
+
+
+def test_cli_error_exits_1_without_traceback(checkout, tmp_path, capsys):
+    missing = tmp_path / "missing.tar"
+    assert fetch.main(["teachers", "--mdistiller-root", str(checkout), "--archive", str(missing)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("slkd-fetch: error: Could not extract") and str(missing) in err
+    assert f"slkd-fetch teachers --mdistiller-root {checkout}" in err
+    assert "Traceback" not in err
+
+
+def test_cli_rejects_teacher_options_for_cifar100(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        fetch.main(["cifar100", "--force"])
+    assert exit_info.value.code == 2
+    assert "apply to the teachers only" in capsys.readouterr().err
+
+
+def test_python_m_error_exits_1_without_traceback(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(SLKD_PARENT)}
+    env.pop(fetch.ROOT_ENV_VAR, None)
+    run = subprocess.run(
+        [sys.executable, "-m", "slkd.run.fetch", "all", "--mdistiller-root", str(tmp_path / "nope")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 1
+    assert "slkd-fetch: error:" in run.stderr and str(tmp_path / "nope") in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+# --------------------------------------------------------------------------- CIFAR-100
+
+
+class Py2Str(bytes):
+    """Pickled as a Python 2 ``str``, as in the real CIFAR files (bytes keys under encoding='bytes')."""
+
+
+class Py2Pickler(pickle._Pickler):
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_py2_str(self, obj):
+        assert len(obj) < 256
+        self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + bytes(obj))
+        self.memoize(obj)
+
+    dispatch[Py2Str] = save_py2_str
+
+
+def dump_py2(obj, path):
+    with open(path, "wb") as f:
+        Py2Pickler(f, protocol=2).dump(obj)
+
+
+def write_fake_cifar100(data_dir, sizes, bad_label=None):
+    """A tiny cifar-100-python folder: train, test and meta in the original pickle format."""
+    folder = Path(data_dir) / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for split, size in sizes.items():
+        labels = [int(label) for label in rng.integers(0, 100, size)]
+        if bad_label is not None and split == "train":
+            labels[-1] = bad_label
+        dump_py2(
+            {
+                Py2Str(b"filenames"): [Py2Str(b"img_%d.png" % i) for i in range(size)],
+                Py2Str(b"batch_label"): Py2Str(split.encode()),
+                Py2Str(b"fine_labels"): labels,
+                Py2Str(b"coarse_labels"): [label // 5 for label in labels],
+                Py2Str(b"data"): rng.integers(0, 256, (size, 3072), dtype=np.uint8),
+            },
+            folder / split,
+        )
+    names = {
+        Py2Str(b"fine_label_names"): [Py2Str(b"class%d" % i) for i in range(100)],
+        Py2Str(b"coarse_label_names"): [Py2Str(b"super%d" % i) for i in range(20)],
+    }
+    dump_py2(names, folder / "meta")
+    return folder
+
+
+def md5(path):
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+def trust_files(monkeypatch, folder):
+    """Point torchvision's md5 lists at the fake files, so its real integrity check passes."""
+    monkeypatch.setattr(datasets.CIFAR100, "train_list", [["train", md5(folder / "train")]])
+    monkeypatch.setattr(datasets.CIFAR100, "test_list", [["test", md5(folder / "test")]])
+    monkeypatch.setattr(datasets.CIFAR100, "meta", {**datasets.CIFAR100.meta, "md5": md5(folder / "meta")})
+
+
+SIZES = {"train": 12, "test": 5}
+
+
+@pytest.fixture
+def small_cifar(monkeypatch):
+    monkeypatch.setattr(fetch, "CIFAR100_SPLIT_SIZES", SIZES)
+
+
+def test_fake_cifar_has_the_original_pickle_format(tmp_path):
+    folder = write_fake_cifar100(tmp_path, SIZES)
+    with open(folder / "train", "rb") as f:
+        entry = pickle.load(f, encoding="bytes")
+    assert entry[b"data"].dtype == np.uint8 and entry[b"data"].shape == (12, 3072)
+    assert len(entry[b"fine_labels"]) == 12
+    with open(folder / "meta", "rb") as f:
+        assert len(pickle.load(f, encoding="bytes")[b"fine_label_names"]) == 100
+
+
+def test_verify_cifar100_accepts_a_good_folder(tmp_path, monkeypatch, small_cifar):
+    folder = write_fake_cifar100(tmp_path / "data", SIZES)
+    trust_files(monkeypatch, folder)
+    assert fetch.verify_cifar100(tmp_path) == folder == fetch.cifar100_folder(tmp_path)
+
+
+def test_verify_cifar100_real_sizes_by_default(tmp_path, monkeypatch):
+    trust_files(monkeypatch, write_fake_cifar100(tmp_path / "data", SIZES))
+    with pytest.raises(FetchError, match="train: has 12 images and 12 labels, expected 50000"):
+        fetch.verify_cifar100(tmp_path)
+
+
+def test_verify_cifar100_missing_folder(tmp_path):
+    with pytest.raises(FetchError) as error:
+        fetch.verify_cifar100(tmp_path)
+    message = str(error.value)
+    assert str(tmp_path / "data" / "cifar-100-python") in message and "missing" in message
+    assert f"slkd-fetch cifar100 --mdistiller-root {tmp_path}" in message
+
+
+@pytest.mark.parametrize("label", [100, -1])
+def test_verify_cifar100_label_out_of_range(tmp_path, monkeypatch, small_cifar, label):
+    trust_files(monkeypatch, write_fake_cifar100(tmp_path / "data", SIZES, bad_label=label))
+    with pytest.raises(FetchError, match=r"train: has labels in .*expected 0\.\.99") as error:
+        fetch.verify_cifar100(tmp_path)
+    assert "test:" not in str(error.value)
+
+
+def test_verify_cifar100_corrupted_file(tmp_path, monkeypatch, small_cifar):
+    folder = write_fake_cifar100(tmp_path / "data", SIZES)
+    trust_files(monkeypatch, folder)
+    (folder / "test").write_bytes((folder / "test").read_bytes()[:-10])
+    with pytest.raises(FetchError, match="test: cannot be loaded") as error:
+        fetch.verify_cifar100(tmp_path)
+    assert str(folder) in str(error.value)
+
+
+def test_verify_cifar100_with_integrity_check_bypassed(tmp_path, monkeypatch, small_cifar):
+    """Structural checks hold even when torchvision's md5 check is patched away."""
+    import torchvision.datasets.cifar
+
+    monkeypatch.setattr(
+        torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path)
+    )
+    write_fake_cifar100(tmp_path / "data", SIZES)
+    fetch.verify_cifar100(tmp_path)
+    write_fake_cifar100(tmp_path / "data", {"train": 12, "test": 4})
+    with pytest.raises(FetchError, match="test: has 4 images"):
+        fetch.verify_cifar100(tmp_path)
+
+
+def serve_release(http_server, monkeypatch):
+    """Put a fake cifar-100-python.tar.gz on the server and point torchvision at it."""
+    www, base_url = http_server
+    folder = write_fake_cifar100(www.parent / "source", SIZES)
+    trust_files(monkeypatch, folder)
+    tgz = www / "cifar-100-python.tar.gz"
+    with tarfile.open(tgz, "w:gz") as tar:
+        tar.add(folder, arcname="cifar-100-python")
+    monkeypatch.setattr(datasets.CIFAR100, "url", f"{base_url}/{tgz.name}")
+    monkeypatch.setattr(datasets.CIFAR100, "tgz_md5", md5(tgz))
+
+
+def test_fetch_cifar100_downloads_and_verifies(tmp_path, monkeypatch, small_cifar, http_server, capsys):
+    serve_release(http_server, monkeypatch)
+    (tmp_path / "checkout" / "mdistiller").mkdir(parents=True)
+    root = tmp_path / "checkout"
+    assert fetch.fetch_cifar100(root) == root / "data" / "cifar-100-python"
+    assert sorted(p.name for p in (root / "data" / "cifar-100-python").iterdir()) == ["meta", "test", "train"]
+    assert fetch.main(["cifar100", "--mdistiller-root", str(root)]) == 0
+    assert "CIFAR-100 verified at" in capsys.readouterr().out
+
+
+def test_fetch_cifar100_download_failure(tmp_path, monkeypatch, small_cifar, http_server):
+    monkeypatch.setattr(datasets.CIFAR100, "url", f"{http_server[1]}/nowhere.tar.gz")
+    with pytest.raises(FetchError) as error:
+        fetch.fetch_cifar100(tmp_path)
+    message = str(error.value)
+    assert str(tmp_path / "data") in message
+    assert f"slkd-fetch cifar100 --mdistiller-root {tmp_path}" in message
