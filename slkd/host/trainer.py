@@ -187,8 +187,8 @@ class SLKDTrainer:
             self._raise_non_finite(epoch, first_bad, bad_terms, losses)
         count = values[-2]
         result = {("train_" + name if name in ("loss", "top1", "top5") else name): value / count for name, value in zip(names, values)}
-        result["train_acc"] = result.pop("train_top1")
-        result["train_acc_top5"] = result.pop("train_top5")
+        result["train_acc"] = 100.0 * result.pop("train_top1")
+        result["train_acc_top5"] = 100.0 * result.pop("train_top5")
         result["train_images"] = int(count)
         return result
 
@@ -271,7 +271,7 @@ class SLKDTrainer:
     def _raise_non_finite(self, epoch, first_bad, bad_terms, losses):
         terms = ", ".join(f"{name}={value:.4g}" for name, value in zip(losses, bad_terms.tolist()))
         raise NonFiniteLoss(
-            f"non-finite loss in epoch {epoch} at iteration {int(first_bad)} ({terms}); the run "
+            f"non-finite loss in epoch {epoch} at iteration {int(first_bad) + 1} of {len(self.train_loader)} ({terms}); the run "
             f"stopped before saving this epoch, so {self.run_folder / 'latest'} still holds the "
             "last good epoch. Lower SOLVER.LR, check the inputs, or try SLKD.AMP none."
         )

@@ -1,0 +1,102 @@
+"""slkd's trainer on a CPU: seeds, records, resume after SIGKILL, damaged checkpoints,
+non-finite losses. Runs without mdistiller (tests/helpers/tiny.py stands in for it)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from slkd.host.trainer import NonFiniteLoss
+from slkd.utils.checkpoint import CheckpointError, load
+from tests.helpers.tiny import tiny_cfg, tiny_trainer
+
+HELPER = Path(__file__).parent / "helpers" / "tiny_run.py"
+LOSS_KEYS = ("train_loss", "loss_ce", "loss_kd")
+
+
+def metrics(prefix):
+    path = Path(prefix) / "tiny" / "run" / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def student_weights(prefix):
+    return load(Path(prefix) / "tiny" / "run" / "student_latest")["model"]
+
+
+def test_same_seed_same_losses_other_seed_differs(tmp_path):
+    runs = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        tiny_trainer(tiny_cfg(tmp_path / name, epochs=2, seed=seed)).train()
+        runs[name] = [[line[key] for key in LOSS_KEYS] for line in metrics(tmp_path / name)]
+    assert runs["a"] == runs["b"]
+    assert runs["a"] != runs["c"]
+
+
+def test_run_folder_records_everything(tmp_path):
+    tiny_trainer(tiny_cfg(tmp_path, epochs=2)).train()
+    folder = tmp_path / "tiny" / "run"
+    for name in ("config.yaml", "command.txt", "environment.json", "metrics.jsonl", "summary.json", "latest", "best", "student_latest", "student_best", "student_2"):
+        assert (folder / name).is_file(), name
+    env = json.loads((folder / "environment.json").read_text())
+    assert {"python", "torch", "gpus", "slkd"} <= set(env)
+    lines = metrics(tmp_path)
+    assert [line["epoch"] for line in lines] == [1, 2]
+    assert lines[0]["lr"] == pytest.approx(0.1) and lines[1]["lr"] == pytest.approx(0.1)
+    for key in LOSS_KEYS + ("train_acc", "test_acc", "test_acc_top5", "test_loss", "train_seconds", "teacher_swap_rate"):
+        assert key in lines[0]
+    assert 0 <= lines[0]["train_acc"] <= 100 and 0 <= lines[0]["test_acc"] <= 100
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["best_acc"] == max(line["test_acc"] for line in lines)
+    assert summary["last_acc"] == lines[-1]["test_acc"] and summary["seed"] == 0
+    state = load(folder / "latest")
+    assert {"epoch", "model", "optimizer", "best_acc", "rng", "scaler", "config"} <= set(state)
+
+
+def test_learning_rate_follows_mdistiller_steps(tmp_path):
+    tiny_trainer(tiny_cfg(tmp_path, epochs=3)).train()
+    assert [round(line["lr"], 6) for line in metrics(tmp_path)] == [0.1, 0.1, 0.01]
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run([sys.executable, str(HELPER), str(whole), "3"], check=True, capture_output=True)
+    died = subprocess.run([sys.executable, str(HELPER), str(killed), "3", "--kill-at", "2:5"], capture_output=True)
+    assert died.returncode == -9, died.stderr.decode()[-2000:]
+    assert [line["epoch"] for line in metrics(killed)] == [1]
+    resumed = subprocess.run([sys.executable, str(HELPER), str(killed), "3", "--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming" in resumed.stdout
+    expected, got = metrics(whole), metrics(killed)
+    assert [line["epoch"] for line in got] == [1, 2, 3]
+    for a, b in zip(expected, got):
+        for key in LOSS_KEYS + ("test_acc", "test_loss"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), key
+    for name, tensor in student_weights(whole).items():
+        torch.testing.assert_close(student_weights(killed)[name], tensor)
+
+
+def test_truncated_latest_falls_back_to_previous_and_says_so(tmp_path):
+    tiny_trainer(tiny_cfg(tmp_path, epochs=2)).train()
+    latest = tmp_path / "tiny" / "run" / "latest"
+    latest.write_bytes(latest.read_bytes()[:100])
+    trainer = tiny_trainer(tiny_cfg(tmp_path, epochs=3))
+    with pytest.warns(UserWarning, match="latest is damaged"):
+        trainer.train(resume=True)
+    assert [line["epoch"] for line in metrics(tmp_path)] == [1, 2, 3]
+    assert [line["epoch"] for line in metrics(tmp_path)].count(2) == 1
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="no usable checkpoint.*Start without --resume"):
+        tiny_trainer(tiny_cfg(tmp_path)).train(resume=True)
+
+
+def test_non_finite_loss_stops_with_epoch_iteration_terms_and_keeps_last_good_checkpoint(tmp_path):
+    trainer = tiny_trainer(tiny_cfg(tmp_path, epochs=3), nan_at=(2, 5))
+    with pytest.raises(NonFiniteLoss, match=r"epoch 2 at iteration 2 of 3 \(loss_ce=[0-9.]+, loss_kd=nan\)"):
+        trainer.train()
+    assert load(tmp_path / "tiny" / "run" / "latest")["epoch"] == 1
+    assert [line["epoch"] for line in metrics(tmp_path)] == [1]
