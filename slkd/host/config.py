@@ -29,6 +29,8 @@ from pathlib import Path
 import yaml
 from yacs.config import CfgNode as CN
 
+from slkd.losses.sld import temperature_tensor
+
 SLD_DEFAULTS = {
     "CE_WEIGHT": 0.1,
     "KD_WEIGHT": 0.9,
@@ -85,12 +87,10 @@ def add_slkd_nodes(cfg: CN) -> None:
 def validate_sld(cfg: CN) -> None:
     """Raise :class:`ConfigError` for an SLD node that cannot run; warn on a useless one."""
     node = cfg.SLD
-    temps = list(node.TEMPERATURES)
-    if not temps:
-        raise ConfigError("SLD.TEMPERATURES is empty: give at least one, e.g. [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]")
-    bad = [t for t in temps if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0]
-    if bad:
-        raise ConfigError(f"SLD.TEMPERATURES must be positive numbers, got {temps}")
+    try:
+        temperature_tensor(node.TEMPERATURES)
+    except ValueError as error:
+        raise ConfigError(f"SLD.TEMPERATURES: {error}") from None
     for key in ("CE_WEIGHT", "KD_WEIGHT"):
         if node[key] < 0:
             raise ConfigError(f"SLD.{key} is {node[key]}: loss weights cannot be negative")
@@ -140,7 +140,20 @@ def load_config(base: CN, path: str | Path | None, opts: list[str]) -> CN:
             f"overrides come in KEY VALUE pairs, got an odd number: {' '.join(map(str, opts))}"
         )
     _merge(cfg, lambda: cfg.merge_from_list(list(opts)), source="the command line")
+    _check_no_nulls(base, cfg)
     return cfg
+
+
+def _check_no_nulls(base: CN, cfg: CN, prefix: str = "") -> None:
+    """yacs lets ``null`` replace any value; a key that had one must keep one."""
+    for key, value in cfg.items():
+        default = base.get(key) if isinstance(base, CN) else None
+        if isinstance(value, CN):
+            _check_no_nulls(default, value, f"{prefix}{key}.")
+        elif value is None and default is not None:
+            raise ConfigError(
+                f"{prefix}{key} is null: give a {type(default).__name__} (default {default!r})"
+            )
 
 
 def _merge(cfg: CN, merge, source: str) -> None:
@@ -152,6 +165,10 @@ def _merge(cfg: CN, merge, source: str) -> None:
     except ValueError as error:
         raise ConfigError(f"bad value in {source}: {_type_message(str(error))}") from None
     except AssertionError as error:
+        # yacs's merge_from_list reports an unknown key with an assertion, not a KeyError
+        if str(error).startswith("Non-existent key"):
+            key = _key_in_message(str(error))
+            raise ConfigError(f"unknown config key {key} in {source}{_suggestion(cfg, key)}") from None
         raise ConfigError(f"bad value in {source}: {error}") from None
 
 

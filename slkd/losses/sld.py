@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 
 DEFAULT_TEMPERATURES = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-4, 1e4
 
 
 def swap_logits(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -224,7 +225,7 @@ def sld_loss(
     Returns:
         0-d float32 tensor (float64 for float64 inputs).
     """
-    temps = _temperature_tensor(tuple(temperatures), student_logits.device)
+    temps = _cached_temperatures(tuple(temperatures), student_logits.device)
     terms = sld_terms(
         student_logits,
         teacher_logits,
@@ -254,7 +255,7 @@ class SLDLoss(nn.Module):
     ) -> None:
         super().__init__()
         self.register_buffer(
-            "temperatures", _validated_temperatures(temperatures), persistent=False
+            "temperatures", temperature_tensor(temperatures), persistent=False
         )
         self.gamma = int(gamma)
         self.teacher_swap = bool(teacher_swap)
@@ -293,21 +294,26 @@ class SLDLoss(nn.Module):
 _TEMPERATURE_CACHE: dict = {}
 
 
-def _temperature_tensor(temperatures: tuple, device: torch.device) -> torch.Tensor:
+def _cached_temperatures(temperatures: tuple, device: torch.device) -> torch.Tensor:
     """The temperatures as a float64 tensor on ``device``, made once per (values, device)."""
     key = (temperatures, str(device))
     if key not in _TEMPERATURE_CACHE:
-        _TEMPERATURE_CACHE[key] = _validated_temperatures(temperatures).to(device)
+        _TEMPERATURE_CACHE[key] = temperature_tensor(temperatures).to(device)
     return _TEMPERATURE_CACHE[key]
 
 
-def _validated_temperatures(temperatures: Sequence[float]) -> torch.Tensor:
+def temperature_tensor(temperatures: Sequence[float]) -> torch.Tensor:
+    """``temperatures`` as a float64 tensor; ValueError unless a non-empty list of numbers in
+    ``[MIN_TEMPERATURE, MAX_TEMPERATURE]``."""
     values = list(temperatures)
     if not values:
         raise ValueError("temperatures is empty: give at least one, e.g. (1, 2, 3, 4, 5, 6)")
-    bad = [t for t in values if not isinstance(t, (int, float)) or not t > 0 or t == float("inf")]
+    bad = [t for t in values if isinstance(t, bool) or not isinstance(t, (int, float)) or not MIN_TEMPERATURE <= t <= MAX_TEMPERATURE]
     if bad:
-        raise ValueError(f"temperatures must be finite positive numbers, got {values}")
+        raise ValueError(
+            f"temperatures must be numbers in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}] (beyond, "
+            f"z / T or T^2 leaves float32's range), got {values}"
+        )
     return torch.tensor(values, dtype=torch.float64)
 
 
@@ -324,6 +330,8 @@ def _check_logits_and_target(logits: torch.Tensor, target: torch.Tensor) -> None
         raise ValueError(
             f"logits must be 2-d (batch, classes), got shape {tuple(logits.shape)}"
         )
+    if logits.shape[0] == 0 or logits.shape[1] == 0:
+        raise ValueError(f"logits must have at least one row and one class, got shape {tuple(logits.shape)}")
     if not logits.is_floating_point():
         raise TypeError(f"logits must be a floating tensor, got {logits.dtype}")
     if target.dim() != 1 or target.shape[0] != logits.shape[0]:
