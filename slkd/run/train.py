@@ -182,6 +182,8 @@ def run(argv=None) -> float:
         distiller = build_distiller(host, cfg, num_classes, args.smoke, len(train_set), calibration)
         if context.is_main:
             _print_batch_and_lr(cfg, context)
+            if cfg.LOG.WANDB:
+                _start_wandb(cfg, experiment_name(cfg, list(args.opts)))
         trainer = SLKDTrainer(
             experiment_name(cfg, list(args.opts)),
             distiller,
@@ -195,6 +197,16 @@ def run(argv=None) -> float:
         return trainer.train(resume=args.resume)
     finally:
         distributed.shutdown()
+
+
+def _start_wandb(cfg, name: str) -> None:
+    try:
+        import wandb
+    except ImportError:
+        raise UsageError("--wandb needs the wandb package: pip install wandb (or drop --wandb)") from None
+    import yaml
+
+    wandb.init(project=cfg.EXPERIMENT.PROJECT, name=name, config=yaml.safe_load(cfg.dump()))
 
 
 def _print_batch_and_lr(cfg, context) -> None:
