@@ -24,7 +24,8 @@ class DistContext:
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        """Launched by torchrun, in a process group (also with a single process)."""
+        return dist.is_available() and dist.is_initialized()
 
 
 def launched_by_torchrun() -> bool:
@@ -33,11 +34,13 @@ def launched_by_torchrun() -> bool:
 
 
 def init(device_type: str) -> DistContext:
-    """Join the process group torchrun prepared, or run as a single process.
+    """Join the process group torchrun prepared (even a group of one, so that
+    ``torchrun --nproc_per_node=1`` runs the DistributedDataParallel path), or run as a
+    plain single process.
 
     ``device_type`` is ``"cuda"`` or ``"cpu"``; each CUDA process uses GPU ``LOCAL_RANK``.
     """
-    if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
+    if not launched_by_torchrun():
         device = torch.device("cuda", torch.cuda.current_device()) if device_type == "cuda" else torch.device("cpu")
         return DistContext(device=device)
     rank, world, local = (int(os.environ[name]) for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
