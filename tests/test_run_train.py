@@ -1,0 +1,281 @@
+"""slkd-train (slkd.run.train.main): the smoke run, resuming, and the one-line errors.
+
+``main`` returns 0 after training and 1 after a known error, which it prints as one
+``slkd-train: error: ...`` line on stderr (no traceback). Everything that imports mdistiller
+takes the ``host`` fixture; the run without mdistiller happens in a subprocess in which
+``mdistiller`` is blocked (see tests/test_host_registry.py).
+"""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+CONFIGS = Path(__file__).resolve().parents[1] / "mdistiller_configs"
+RES8X4 = str(CONFIGS / "cifar100" / "sld" / "res32x4_res8x4.yaml")
+SMOKE = ["--cfg", RES8X4, "--smoke", "--device", "cpu"]
+RUN_FOLDER = Path("output") / "smoke" / "slkd_cifar100" / "sld,resnet32x4,resnet8x4"
+
+
+def _main(argv):
+    from slkd.run.train import main
+
+    return main(list(argv))
+
+
+def _one_line_error(capsys, code):
+    captured = capsys.readouterr()
+    assert code == 1, captured.out + captured.err
+    assert "Traceback" not in captured.err
+    lines = [line for line in captured.err.splitlines() if line.startswith("slkd-train: error:")]
+    assert len(lines) == 1, captured.err
+    return lines[0]
+
+
+# --------------------------------------------------------------------------- the smoke run
+@pytest.fixture(scope="module")
+def smoke_run(host, tmp_path_factory):
+    """One smoke run in a fresh working directory; yields (folder, exit code, stdout)."""
+    workdir = tmp_path_factory.mktemp("smoke")
+    previous = os.getcwd()
+    os.chdir(workdir)
+    try:
+        from contextlib import redirect_stdout
+        from io import StringIO
+
+        out = StringIO()
+        with redirect_stdout(out):
+            code = _main(SMOKE)
+        yield workdir, code, out.getvalue()
+    finally:
+        os.chdir(previous)
+
+
+@pytest.mark.host
+def test_smoke_run_succeeds(smoke_run):
+    workdir, code, out = smoke_run
+    assert code == 0, out
+    assert "[slkd] best test top-1:" in out
+    assert "epoch 1/2" in out and "epoch 2/2" in out
+    assert (workdir / RUN_FOLDER).is_dir()
+    assert [p for p in (workdir / "output").iterdir()] == [workdir / "output" / "smoke"]
+
+
+@pytest.mark.host
+def test_smoke_run_folder_holds_the_records(smoke_run):
+    workdir, code, _ = smoke_run
+    folder = workdir / RUN_FOLDER
+    for name in ("config.yaml", "command.txt", "environment.json", "metrics.jsonl", "summary.json", "latest", "student_latest"):
+        assert (folder / name).is_file(), f"{name} missing from {sorted(p.name for p in folder.iterdir())}"
+
+    import yaml
+
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    assert config["DISTILLER"]["TYPE"] == "SLD"
+    assert config["SOLVER"]["EPOCHS"] == 2
+    assert config["SLD"]["GAMMA"] == 1  # the second smoke epoch is past GAMMA
+    command = (folder / "command.txt").read_text()
+    assert command.startswith("slkd-train") and "--smoke" in command and RES8X4 in command
+    environment = json.loads((folder / "environment.json").read_text())
+    for key in ("python", "torch", "slkd", "host"):
+        assert key in environment
+    assert environment["host"]["package"] == "mdistiller"
+
+
+@pytest.mark.host
+def test_smoke_run_metrics(smoke_run):
+    workdir, _, _ = smoke_run
+    folder = workdir / RUN_FOLDER
+    lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    assert [line["epoch"] for line in lines] == [1, 2]
+    for line in lines:
+        for key in ("loss_ce", "loss_kd", "teacher_swap_rate", "test_acc"):
+            assert key in line, f"{key} not in {sorted(line)}"
+            assert math.isfinite(line[key])
+        assert 0.0 <= line["teacher_swap_rate"] <= 1.0
+        assert 0.0 <= line["test_acc"] <= 100.0
+        assert line["loss_kd"] > 0 and line["loss_ce"] > 0
+    if "sld_student_term" in lines[0]:  # the pseudo-teacher term is off in epoch 1, on in 2
+        assert lines[0]["sld_student_term"] == 0.0
+        assert lines[1]["sld_student_term"] > 0.0
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["epochs_done"] == 2 and summary["epochs"] == 2
+    assert summary["method"] == "SLD"
+    assert (summary["teacher"], summary["student"]) == ("resnet32x4", "resnet8x4")
+    assert summary["last_acc"] == lines[-1]["test_acc"]
+    assert summary["best_acc"] == max(line["test_acc"] for line in lines)
+    assert "seed" in summary
+
+
+@pytest.mark.host
+def test_smoke_run_checkpoints_load(smoke_run):
+    workdir, _, _ = smoke_run
+    folder = workdir / RUN_FOLDER
+    latest = torch.load(folder / "latest", map_location="cpu", weights_only=False)
+    assert latest["epoch"] == 2
+    assert any(key.startswith("student.") for key in latest["model"])
+    student = torch.load(folder / "student_latest", map_location="cpu", weights_only=False)
+    assert "model" in student and not any(key.startswith("student.") for key in student["model"])
+
+
+@pytest.mark.host
+def test_resume_continues_an_interrupted_run(smoke_run, capsys):
+    """Make the finished smoke run look interrupted after epoch 1 (its ``latest.prev`` is the
+    epoch-1 checkpoint), then --resume: it says so, trains epoch 2 again and only epoch 2."""
+    workdir, code, _ = smoke_run
+    assert code == 0
+    folder = workdir / RUN_FOLDER
+    original = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    copy_dir = workdir.parent / (workdir.name + "_resume")
+    shutil.copytree(workdir, copy_dir)
+    folder = copy_dir / RUN_FOLDER
+    assert torch.load(folder / "latest.prev", map_location="cpu", weights_only=False)["epoch"] == 1
+    shutil.copyfile(folder / "latest.prev", folder / "latest")
+    previous = os.getcwd()
+    os.chdir(copy_dir)
+    try:
+        capsys.readouterr()
+        code = _main(SMOKE + ["--resume"])
+    finally:
+        os.chdir(previous)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "resuming from" in captured.out and "after epoch 1" in captured.out
+    assert "epoch 1/2" not in captured.out and "epoch 2/2" in captured.out
+    resumed = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in resumed] == [1, 2]
+    assert resumed[0] == original[0]
+    # epoch 2 replays from the same weights, optimizer and seeds: the same numbers
+    for key in ("loss_ce", "loss_kd", "teacher_swap_rate", "test_acc"):
+        assert resumed[1][key] == pytest.approx(original[1][key], rel=1e-4, abs=1e-6), key
+    assert torch.load(folder / "latest", map_location="cpu", weights_only=False)["epoch"] == 2
+
+
+@pytest.mark.host
+def test_resume_of_a_finished_run_has_nothing_to_do(smoke_run, capsys):
+    workdir, code, _ = smoke_run
+    assert code == 0
+    previous = os.getcwd()
+    os.chdir(workdir)
+    try:
+        capsys.readouterr()
+        code = _main(SMOKE + ["--resume"])
+    finally:
+        os.chdir(previous)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "resuming from" in captured.out and "after epoch 2" in captured.out
+    assert "epoch 2/2" not in captured.out
+    lines = (workdir / RUN_FOLDER / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+
+
+# --------------------------------------------------------------------------- errors
+@pytest.mark.host
+def test_resume_without_a_run_folder(host, in_tmp, capsys):
+    line = _one_line_error(capsys, _main(SMOKE + ["--resume"]))
+    assert "--resume found no usable checkpoint" in line
+    assert str(RUN_FOLDER) in line or RUN_FOLDER.name in line
+    assert "Start without --resume" in line
+
+
+@pytest.mark.host
+def test_cuda_without_gpu(host, in_tmp, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: --device cuda is valid here")
+    line = _one_line_error(capsys, _main(["--cfg", RES8X4, "--smoke", "--device", "cuda"]))
+    assert "--device cuda" in line and "--device cpu" in line
+    assert not Path("output").exists()
+
+
+@pytest.mark.host
+def test_unknown_teacher_lists_known_models(host, in_tmp, capsys):
+    line = _one_line_error(capsys, _main(SMOKE + ["DISTILLER.TEACHER", "resnet999"]))
+    assert "DISTILLER.TEACHER 'resnet999'" in line
+    assert "known:" in line
+    for name in ("resnet32x4", "resnet56", "wrn_40_2", "vgg13", "ShuffleV1"):
+        assert name in line
+
+
+@pytest.mark.host
+def test_config_typo_is_one_line(host, in_tmp, capsys):
+    line = _one_line_error(capsys, _main(SMOKE + ["SLD.GAMA", "100"]))
+    assert "SLD.GAMA" in line and "SLD.GAMMA" in line
+
+
+@pytest.mark.host
+def test_missing_teacher_checkpoint(host, in_tmp, capsys, monkeypatch):
+    """A real (non-smoke) run whose teacher checkpoint is not in the download folder.
+
+    CIFAR-100 is replaced by synthetic sets (what is tested is the teacher check, which
+    comes after the data), and the host's table entry for resnet32x4 points into an empty
+    temporary download folder instead of the checkout's download_ckpts/.
+    """
+    import slkd.run.train as train
+    from slkd.host import data
+
+    def synthetic(host, cfg, smoke):
+        train_set, test_set = data.synthetic_cifar100_sets(8, 8)
+        return train_set, test_set, 100
+
+    monkeypatch.setattr(train, "datasets", synthetic)
+    missing = in_tmp / "download_ckpts" / "cifar_teachers" / "resnet32x4_vanilla" / "ckpt_epoch_240.pth"
+    constructor, _ = host.cifar_model_dict["resnet32x4"]
+    monkeypatch.setitem(host.cifar_model_dict, "resnet32x4", (constructor, str(missing)))
+    line = _one_line_error(capsys, _main(["--cfg", RES8X4, "--device", "cpu"]))
+    assert str(missing) in line
+    assert "slkd-fetch teachers" in line
+    assert "resnet32x4" in line
+
+
+@pytest.mark.host
+def test_missing_cifar100(host, in_tmp, capsys, monkeypatch):
+    """A real (non-smoke) run without CIFAR-100. The data check is pointed at an empty
+    folder (the host checkout might hold the real data), and the host's dataset builder is
+    replaced by one that fails the test, so nothing is ever downloaded."""
+    from slkd.host import data
+
+    empty_root = in_tmp / "data"
+    check = data.check_dataset_files
+    seen = []
+
+    def check_in_empty_root(cfg, data_root):
+        seen.append(data_root)
+        return check(cfg, str(empty_root))
+
+    def must_not_be_called(cfg):
+        raise AssertionError("the dataset check should have stopped the run")
+
+    monkeypatch.setattr(data, "check_dataset_files", check_in_empty_root)
+    import mdistiller.dataset
+
+    monkeypatch.setattr(mdistiller.dataset, "get_dataset", must_not_be_called)
+    line = _one_line_error(capsys, _main(["--cfg", RES8X4, "--device", "cpu"]))
+    assert seen and Path(seen[0]) == Path(host.package.__file__).resolve().parents[1] / "data"
+    assert str(empty_root / "cifar-100-python") in line
+    assert "slkd-fetch cifar100" in line
+
+
+# --------------------------------------------------------------------------- without a host
+def test_without_mdistiller_says_how_to_install(tmp_path):
+    code = (
+        "import sys\n"
+        "sys.modules['mdistiller'] = None  # as if it were not installed\n"
+        "from slkd.run.train import main\n"
+        f"sys.exit(main(['--cfg', {RES8X4!r}, '--smoke', '--device', 'cpu']))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("SLKD_MDISTILLER_PATH", "PYTHONPATH")}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=180
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("slkd-train: error: slkd needs mdistiller")
+    assert "git clone" in result.stderr and "SLKD_MDISTILLER_PATH" in result.stderr
+    assert not (tmp_path / "output").exists()
