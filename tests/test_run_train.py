@@ -183,6 +183,7 @@ def test_resume_without_a_run_folder(host, in_tmp, capsys):
     assert "--resume found no usable checkpoint" in line
     assert str(RUN_FOLDER) in line or RUN_FOLDER.name in line
     assert "Start without --resume" in line
+    assert not Path("output").exists(), "a failed --resume must not leave an empty run folder"
 
 
 @pytest.mark.host

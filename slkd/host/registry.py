@@ -97,36 +97,35 @@ def register() -> list[str]:
     from slkd.host.trainer import SLKDTrainer
 
     host = import_host()
-    add_slkd_nodes(host.cfg)
-    names = ["SLD"]
-    _put(host.distiller_dict, "SLD", SLD, "distiller_dict")
+    entries = [("distiller_dict", host.distiller_dict, "SLD", SLD)]
     if not host.has_mlkd:
-        _put(host.distiller_dict, "MLKD", MLKD, "distiller_dict")
-        names.append("MLKD")
-    _put(host.trainer_dict, TRAINER_NAME, SLKDTrainer, "trainer_dict")
-    return names + [f"trainer:{TRAINER_NAME}"]
+        entries.append(("distiller_dict", host.distiller_dict, "MLKD", MLKD))
+    entries.append(("trainer_dict", host.trainer_dict, TRAINER_NAME, SLKDTrainer))
+    for where, registry, name, obj in entries:  # all checked before anything is changed
+        _check_free(registry, name, obj, where)
+    add_slkd_nodes(host.cfg)
+    for _, registry, name, obj in entries:
+        registry[name] = obj
+    return [name if where == "distiller_dict" else f"trainer:{name}" for where, _, name, _ in entries]
 
 
-def _put(registry: dict, name: str, obj, where: str) -> None:
+def _check_free(registry: dict, name: str, obj, where: str) -> None:
+    """Raise :class:`RegistrationConflict` if ``name`` holds something other than ``obj``
+    (the same class reloaded, e.g. by importlib.reload, counts as ``obj``)."""
     present = registry.get(name)
-    if present is None or present is obj:
-        registry[name] = obj
-        return
-    if _same_class(present, obj):  # the same class object reloaded (e.g. importlib.reload)
-        registry[name] = obj
+    if present is None or present is obj or _qualified_name(present) == _qualified_name(obj):
         return
     raise RegistrationConflict(
-        f"mdistiller's {where} already has {name!r} = {present.__module__}.{present.__qualname__}; "
-        f"slkd will not overwrite it with {obj.__module__}.{obj.__qualname__}. Remove the "
-        f"host's entry, or use the host's own {name} instead of slkd's."
+        f"mdistiller's {where} already has {name!r} = {_qualified_name(present)}; slkd will not "
+        f"overwrite it with {_qualified_name(obj)}. Remove the host's entry, or use the host's "
+        f"own {name} instead of slkd's."
     )
 
 
-def _same_class(a, b) -> bool:
-    return (getattr(a, "__module__", None), getattr(a, "__qualname__", None)) == (
-        b.__module__,
-        b.__qualname__,
-    )
+def _qualified_name(obj) -> str:
+    module = getattr(obj, "__module__", None) or type(obj).__module__
+    name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+    return f"{module}.{name}"
 
 
 def _is_slkd(obj) -> bool:

@@ -106,11 +106,13 @@ def configure_backends(cfg, device_type: str) -> None:
 
 
 def datasets(host, cfg, smoke: bool):
-    """Train and test datasets: the host's own, or synthetic CIFAR-shaped ones for ``--smoke``."""
+    """Train and test datasets: the host's own, or synthetic CIFAR-shaped ones for ``--smoke``
+    (with CRD's contrastive sampling when the method is CRD)."""
     from slkd.host import data
 
     if smoke:
-        train, test = data.synthetic_cifar100_sets(cfg.SOLVER.BATCH_SIZE * SMOKE_ITERATIONS, SMOKE_TEST_IMAGES, seed=int(cfg.SLKD.SEED))
+        contrast = {"contrast_k": int(cfg.CRD.NCE.K), "contrast_mode": cfg.CRD.MODE} if cfg.DISTILLER.TYPE == "CRD" else {}
+        train, test = data.synthetic_cifar100_sets(cfg.SOLVER.BATCH_SIZE * SMOKE_ITERATIONS, SMOKE_TEST_IMAGES, seed=int(cfg.SLKD.SEED), **contrast)
         return train, test, 100
     data_root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(host.package.__file__))), "data")
     data.check_dataset_files(cfg, data_root)
@@ -176,6 +178,8 @@ def run(argv=None) -> float:
     device_type = resolve_device(args.device)
     configure_backends(cfg, device_type)
     context = distributed.init(device_type)
+    if args.resume:
+        _check_resumable(cfg, list(args.opts))
     try:
         train_set, test_set, num_classes = datasets(host, cfg, args.smoke)
         calibration = torch.stack([test_set[i][0] for i in range(len(test_set))]) if args.smoke else None
@@ -197,6 +201,18 @@ def run(argv=None) -> float:
         return trainer.train(resume=args.resume)
     finally:
         distributed.shutdown()
+
+
+def _check_resumable(cfg, opts) -> None:
+    """Fail in the first second, before data and models load, when --resume has nothing to resume."""
+    from slkd.utils.checkpoint import CheckpointError
+
+    folder = os.path.join(cfg.LOG.PREFIX, experiment_name(cfg, opts))
+    if not any(os.path.isfile(os.path.join(folder, name)) for name in ("latest", "latest.prev")):
+        raise CheckpointError(
+            f"--resume found no usable checkpoint in {folder}: neither latest nor latest.prev exists. "
+            "Start without --resume, or give the same --cfg, overrides and LOG.PREFIX as the run to resume"
+        )
 
 
 def _start_wandb(cfg, name: str) -> None:
