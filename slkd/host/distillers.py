@@ -30,8 +30,9 @@ class SLD(Distiller):
     ``loss_ce = CE_WEIGHT * sum_views CE(z_v, y)`` and
     ``loss_kd = KD_WEIGHT * sum_views mean_rows(L_TS + [epoch > GAMMA] L_SS)`` over the weak
     and strong views (the weak view alone with ``STRONG_VIEW: False``). Student and teacher
-    run once per view, so BatchNorm sees each view on its own; the teacher stays in eval
-    mode and runs without gradient.
+    run once per view, so the student's BatchNorm sees each view on its own; the teacher
+    stays in eval mode, runs without gradient, and takes both views in one pass (in eval
+    mode that gives the same logits).
     """
 
     def __init__(self, student, teacher, cfg):
@@ -59,8 +60,7 @@ class SLD(Distiller):
         epoch = _required_epoch(kwargs, "SLD")
         views = _views(self.strong_view, image_weak, image_strong, kwargs.get("image"), "SLD")
         student = [self.student(view)[0] for view in views]
-        with torch.no_grad():
-            teacher = [self.teacher(view)[0] for view in views]
+        teacher = _teacher_logits(self.teacher, views)
         batch = target.shape[0]
         loss_ce = self.ce_weight * sum(F.cross_entropy(z, target) for z in student)
         terms = self.criterion.terms(
@@ -102,8 +102,7 @@ class MLKD(Distiller):
     def forward_train(self, image_weak=None, image_strong=None, target=None, **kwargs):
         weak, strong = _views(True, image_weak, image_strong, kwargs.get("image"), "MLKD")
         student_weak, student_strong = self.student(weak)[0], self.student(strong)[0]
-        with torch.no_grad():
-            teacher_weak, teacher_strong = self.teacher(weak)[0], self.teacher(strong)[0]
+        teacher_weak, teacher_strong = _teacher_logits(self.teacher, [weak, strong])
         losses = mlkd_losses(
             student_weak,
             student_strong,
@@ -115,6 +114,19 @@ class MLKD(Distiller):
             kd_weight=self.kd_weight,
         )
         return student_weak, losses
+
+
+@torch.no_grad()
+def _teacher_logits(teacher, views: list) -> list:
+    """The teacher's logits for each view, without gradient.
+
+    In eval mode BatchNorm uses its running statistics, so the teacher's output for an image
+    does not depend on the rest of the batch: the views go through in one forward pass (half
+    the kernel launches). A teacher left in training mode runs each view on its own.
+    """
+    if teacher.training or len(views) == 1:
+        return [teacher(view)[0] for view in views]
+    return list(teacher(torch.cat(views))[0].chunk(len(views)))
 
 
 def _required_epoch(kwargs: dict, method: str) -> int:
