@@ -1,0 +1,183 @@
+"""benchmarks/sld_speed.py: runs end to end on a CPU in --quick mode and writes a sound record.
+
+No timing is asserted: the quick mode checks that every code path runs and that slkd's
+loss agrees with the benchmark's literal one-temperature-at-a-time implementation. The
+sub-benchmarks that need mdistiller run when it is importable (SLKD_MDISTILLER_PATH or an
+installed one) and must be recorded as skipped, with the reason, when it is not.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "sld_speed.py"
+SECTIONS = ("loss", "step", "sync", "loader", "epoch-estimate")
+HOST_SECTIONS = ("step", "loader", "epoch-estimate")
+LOSS_IMPLS = ("literal", "stacked-autograd", "slkd")
+FACTS = ("date", "command", "device", "device_name", "card", "torch", "cuda", "cpu_count")
+VERDICTS = {"PASS", "FAIL", "n.a."}
+
+
+def host_importable() -> bool:
+    from slkd.host.registry import HostNotFound, import_host
+
+    try:
+        import_host()
+    except HostNotFound:
+        return False
+    return True
+
+
+def run_bench(folder: Path, *extra: str):
+    out = folder / "tmp.json"
+    command = [sys.executable, str(SCRIPT), "--quick", "--device", "cpu", "--out", str(out), *extra]
+    proc = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=900, env=dict(os.environ))
+    assert proc.returncode == 0, f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
+    assert out.is_file(), proc.stdout[-2000:]
+    return json.loads(out.read_text()), proc
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bench")
+    record, proc = run_bench(folder)
+    return record, proc, folder
+
+
+def check_loss_section(section, sizes):
+    assert section["status"] == "ok", section
+    seen = {(row["size"], row["epoch"], row["impl"]) for row in section["results"]}
+    for size in sizes:
+        for epoch in (1, 200):
+            for impl in LOSS_IMPLS:
+                assert (size, epoch, impl) in seen, (size, epoch, impl)
+    for row in section["results"]:
+        assert row["median_ms"] > 0 and row["iters"] >= 1 and row["x_literal"] > 0
+        assert row["pseudo_teacher"] == (row["epoch"] > 150)
+    checks = {(c["size"], c["epoch"], c["impl"]): c for c in section["correctness"]}
+    for size in sizes:
+        for epoch in (1, 200):
+            for impl in ("slkd", "stacked-autograd"):
+                check = checks[(size, epoch, impl)]
+                scale = max(1.0, abs(check["literal_value"]))
+                assert check["abs_diff_fp32"] <= 1e-5 * scale, check
+                assert check["abs_diff_fp64"] <= 1e-10 * scale, check
+                assert check["grad_max_abs_diff_fp32"] <= 1e-5, check
+                assert check["value"] == pytest.approx(check["literal_value"], rel=1e-5)
+    assert set(section["max_rel_diff_vs_literal_fp32"]) >= {"slkd", "stacked-autograd"}
+
+
+def check_targets(record):
+    assert record["targets"], "no targets"
+    for target in record["targets"]:
+        assert target["verdict"] in VERDICTS, target
+        assert set(target) >= {"target", "measured", "threshold", "verdict", "note"}
+        if record["settings"]["quick"] and target["compare"] != "pass":
+            assert target["verdict"] == "n.a.", target
+
+
+@pytest.mark.slow
+def test_quick_run_writes_a_complete_record(quick):
+    record, proc, folder = quick
+    assert record["schema"] == "slkd-sld-speed/1"
+    for fact in FACTS:
+        assert fact in record["facts"], fact
+    assert record["facts"]["device"] == "cpu"
+    assert "--quick" in record["facts"]["command"]
+    assert set(record["sections"]) == set(SECTIONS)
+    for name, section in record["sections"].items():
+        assert section["status"] in ("ok", "skipped"), (name, section.get("reason"), section.get("traceback"))
+        if section["status"] == "skipped":
+            assert section["reason"], name
+    check_loss_section(record["sections"]["loss"], record["settings"]["loss"]["sizes"])
+    assert record["sections"]["sync"]["status"] == "skipped" and "CUDA" in record["sections"]["sync"]["reason"]
+    check_targets(record)
+    markdown = (folder / "tmp.md").read_text()
+    assert "## Targets" in markdown and record["facts"]["command"] in markdown
+    assert "## Targets" in proc.stdout
+
+
+@pytest.mark.slow
+def test_quick_run_with_mdistiller_covers_step_loader_and_estimate(quick):
+    record, _proc, _folder = quick
+    if not host_importable():
+        for name in HOST_SECTIONS:
+            section = record["sections"][name]
+            assert section["status"] == "skipped" and "mdistiller" in section["reason"], section
+        pytest.skip("mdistiller is not importable: set SLKD_MDISTILLER_PATH to cover step/loader/estimate")
+    step = record["sections"]["step"]
+    assert step["status"] == "ok", step
+    variants = {(row["variant"], row["precision"], row["epoch"]) for row in step["results"]}
+    expected = {("slkd", "fp32", 1), ("slkd", "fp32", 200), ("slkd", "bf16", 200), ("slkd", "bf16-cl", 200), ("slkd", "fp16", 200), ("ce-only", "fp32", 200), ("released-literal", "fp32", 1), ("released-literal", "fp32", 200)}
+    assert expected <= variants, variants
+    for row in step["results"]:
+        assert row["median_ms"] > 0 and row["images_per_s"] > 0
+    assert {"slkd_vs_ce_only_epoch200", "slkd_vs_released_literal_epoch200", "slkd_bf16_vs_fp32"} <= set(step["ratios"])
+    loader = record["sections"]["loader"]
+    assert loader["status"] == "ok", loader
+    feeds = {row["feed"]: row for row in loader["results"]}
+    assert feeds["slkd train_loader"]["workers"] >= 1 and loader["auto_workers"] >= 1
+    assert any(row["workers"] == 2 for row in loader["results"])
+    assert loader["ratio"] > 0
+    estimate = record["sections"]["epoch-estimate"]
+    assert estimate["status"] == "ok", estimate
+    assert estimate["minutes"] > estimate["train_minutes"] > 0
+
+
+def test_without_mdistiller_the_loss_runs_and_the_rest_is_skipped(tmp_path):
+    record, _proc = run_bench(tmp_path, "--no-host", "--only", "loss,step,loader")
+    assert set(record["sections"]) == {"loss", "step", "loader"}
+    check_loss_section(record["sections"]["loss"], record["settings"]["loss"]["sizes"])
+    for name in ("step", "loader"):
+        section = record["sections"][name]
+        assert section["status"] == "skipped" and "mdistiller" in section["reason"], section
+    check_targets(record)
+
+
+def test_unknown_sub_benchmark_is_a_usage_error(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--only", "loss,bogus"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "bogus" in proc.stderr
+
+
+def load_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sld_speed_under_test", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_placeholder_modules_stand_in_only_while_loading():
+    script = load_script()
+    name = "slkd_no_such_module_for_test"
+    with script.placeholder_modules({name: ["CEOL"], "os": ["path"]}) as stubbed:
+        assert stubbed == [name]
+        assert sys.modules[name].CEOL is None
+        assert sys.modules["os"] is os
+    assert name not in sys.modules
+
+
+def test_card_names_for_result_files():
+    script = load_script()
+    assert script.card_slug("NVIDIA H100 80GB HBM3", "cuda") == "h100"
+    assert script.card_slug("NVIDIA H200", "cuda") == "h200"
+    assert script.card_slug("AMD EPYC", "cpu") == "cpu"
+    assert script.card_slug("Some Future GPU", "cuda") == "some-future-gpu"
+
+
+def test_out_folder_names_the_files_by_card_and_date(tmp_path):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    command = [sys.executable, str(SCRIPT), "--quick", "--device", "cpu", "--no-host", "--only", "loss", "--out", str(folder) + "/"]
+    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = sorted(path.name for path in folder.iterdir())
+    assert len(names) == 2 and names[0].startswith("sld_speed-quick-loss-cpu-"), names
+    assert names[0].endswith(".json") and names[1] == names[0][:-5] + ".md"
