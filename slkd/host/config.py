@@ -134,6 +134,9 @@ def load_config(base: CN, path: str | Path | None, opts: list[str]) -> CN:
             raise ConfigError(f"{path} is not valid YAML: {error}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path} must hold a mapping of config nodes, got {type(loaded).__name__}")
+        bad_keys = _non_string_keys(loaded or {})
+        if bad_keys:
+            raise ConfigError(f"{path}: config keys must be names, got {bad_keys[0]!r}")
         _merge(cfg, lambda: cfg.merge_from_other_cfg(CN(loaded or {})), source=str(path))
     if len(opts) % 2:
         raise ConfigError(
@@ -142,6 +145,17 @@ def load_config(base: CN, path: str | Path | None, opts: list[str]) -> CN:
     _merge(cfg, lambda: cfg.merge_from_list(list(opts)), source="the command line")
     _check_no_nulls(base, cfg)
     return cfg
+
+
+def _non_string_keys(mapping: dict) -> list:
+    """The keys, at any depth, that are not strings (YAML allows ``?``, numbers, ``null``)."""
+    bad = []
+    for key, value in mapping.items():
+        if not isinstance(key, str):
+            bad.append(key)
+        elif isinstance(value, dict):
+            bad.extend(_non_string_keys(value))
+    return bad
 
 
 def _check_no_nulls(base: CN, cfg: CN, prefix: str = "") -> None:

@@ -54,13 +54,14 @@ def swap_logits(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         synchronisation.
     """
     _check_logits_and_target(logits, target)
-    return logits.gather(1, _swap_permutation(logits, target))
+    return logits.gather(1, _swap_permutation(logits, target, logits.argmax(dim=1)))
 
 
-def _swap_permutation(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``(N, C)`` column indices that realise the swap as ``logits.gather(1, perm)``."""
+def _swap_permutation(logits: torch.Tensor, target: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    """``(N, C)`` column indices that realise the swap as ``logits.gather(1, perm)``, given
+    the rows' ``(N,)`` argmax ``top``."""
     num_rows, num_classes = logits.shape
-    top = logits.argmax(dim=1, keepdim=True)
+    top = top.view(-1, 1)
     label = target.view(-1, 1).to(top.dtype)
     columns = torch.arange(num_classes, device=logits.device).expand(num_rows, num_classes)
     perm = torch.where(columns == label, top, columns)
@@ -116,7 +117,7 @@ def sld_terms(
         target = target.long()
         teacher_top = teacher.argmax(dim=1)
         if teacher_swap:
-            teacher = teacher.gather(1, _swap_permutation(teacher, target))
+            teacher = teacher.gather(1, _swap_permutation(teacher, target, teacher_top))
         ts_rows, ss_rows, student_top = _SwappedKL.apply(
             student_logits,
             teacher,
@@ -125,11 +126,13 @@ def sld_terms(
             pseudo_teacher,
             detach_pseudo_teacher,
         )
+    swapped = torch.stack((teacher_top, student_top)).ne(target).sum(dim=1, dtype=compute_dtype)
+    teacher_rate, student_rate = (swapped / target.shape[0]).unbind()
     return SLDTerms(
         teacher_swap=ts_rows,
         student_swap=ss_rows,
-        teacher_swap_rate=(teacher_top != target).to(compute_dtype).mean(),
-        student_swap_rate=(student_top != target).to(compute_dtype).mean(),
+        teacher_swap_rate=teacher_rate,
+        student_swap_rate=student_rate,
     )
 
 
@@ -255,7 +258,7 @@ class SLDLoss(nn.Module):
     ) -> None:
         super().__init__()
         self.register_buffer(
-            "temperatures", temperature_tensor(temperatures), persistent=False
+            "temperatures", temperature_tensor(temperatures).float(), persistent=False
         )
         self.gamma = int(gamma)
         self.teacher_swap = bool(teacher_swap)
@@ -295,10 +298,10 @@ _TEMPERATURE_CACHE: dict = {}
 
 
 def _cached_temperatures(temperatures: tuple, device: torch.device) -> torch.Tensor:
-    """The temperatures as a float64 tensor on ``device``, made once per (values, device)."""
+    """The temperatures as a float32 tensor on ``device``, made once per (values, device)."""
     key = (temperatures, str(device))
     if key not in _TEMPERATURE_CACHE:
-        _TEMPERATURE_CACHE[key] = temperature_tensor(temperatures).to(device)
+        _TEMPERATURE_CACHE[key] = temperature_tensor(temperatures).float().to(device)
     return _TEMPERATURE_CACHE[key]
 
 
@@ -325,7 +328,8 @@ def _check_temperatures_tensor(temperatures: torch.Tensor) -> None:
 
 
 def _check_logits_and_target(logits: torch.Tensor, target: torch.Tensor) -> None:
-    """Shape and dtype checks (no sync); label range only for CPU tensors (a sync on GPU)."""
+    """Shape and dtype checks (no sync); label range only for CPU tensors outside
+    torch.compile (on a GPU it would be a sync)."""
     if logits.dim() != 2:
         raise ValueError(
             f"logits must be 2-d (batch, classes), got shape {tuple(logits.shape)}"
@@ -341,7 +345,7 @@ def _check_logits_and_target(logits: torch.Tensor, target: torch.Tensor) -> None
         )
     if target.is_floating_point() or target.dtype == torch.bool:
         raise TypeError(f"target must hold integer class labels, got {target.dtype}")
-    if target.device.type == "cpu" and target.numel():
+    if target.device.type == "cpu" and not torch.compiler.is_compiling():
         low, high = int(target.min()), int(target.max())
         if low < 0 or high >= logits.shape[1]:
             raise ValueError(
