@@ -7,7 +7,7 @@ workers sized to the machine, pinned memory, persistent workers, prefetching, an
 ``DistributedSampler`` under torchrun.
 
 ``SyntheticCIFAR100`` stands in for CIFAR-100 in smoke runs and benchmarks: random pixels
-of the right shape, labels in range, the real transforms.
+of the right shape, labels in range, the real transforms, and CRD's contrastive sampling.
 """
 
 from __future__ import annotations
@@ -31,20 +31,38 @@ class DatasetMissing(FileNotFoundError):
 class SyntheticCIFAR100(Dataset):
     """CIFAR-100-shaped random data: ``(image, label, index)`` items, or ``(image, label)``.
 
+    With ``contrast_k`` the items are CRD's ``(image, label, index, sample_index)``, as
+    mdistiller's ``CIFAR100InstanceSample`` yields them: ``sample_index`` holds a positive
+    (the item itself in ``"exact"`` mode, an image of the same class in ``"relax"`` mode)
+    and then ``contrast_k`` negatives drawn from the other classes with numpy's global
+    random state, with replacement when ``contrast_k`` exceeds what exists.
+
     Args:
         size: number of images.
         transform: applied to each 32x32 RGB PIL image.
         seed: the pixels and labels are a function of ``seed`` alone.
         with_index: return the index as mdistiller's training sets do.
         num_classes: labels are drawn from ``range(num_classes)``.
+        contrast_k: number of negatives per item (CRD's ``CRD.NCE.K``); None: no sampling.
+        contrast_mode: ``"exact"`` or ``"relax"`` (CRD's ``CRD.MODE``).
     """
 
-    def __init__(self, size, transform=None, seed=0, with_index=True, num_classes=100):
+    def __init__(self, size, transform=None, seed=0, with_index=True, num_classes=100, contrast_k=None, contrast_mode="exact"):
         rng = np.random.default_rng(seed)
         self.data = rng.integers(0, 256, size=(size, 32, 32, 3), dtype=np.uint8)
         self.targets = rng.integers(0, num_classes, size=size).tolist()
         self.transform = transform
         self.with_index = with_index
+        self.contrast_k = contrast_k
+        if contrast_k is not None:
+            if contrast_mode not in ("exact", "relax"):
+                raise ConfigError(f"CRD.MODE is {contrast_mode!r}: choose exact or relax")
+            labels = np.asarray(self.targets)
+            if len(set(self.targets)) < 2:
+                raise ConfigError("contrastive sampling needs images of at least two classes")
+            self.contrast_mode = contrast_mode
+            self.positives = {label: np.flatnonzero(labels == label) for label in set(self.targets)}
+            self.negatives = {label: np.flatnonzero(labels != label) for label in set(self.targets)}
 
     def __len__(self):
         return len(self.targets)
@@ -53,14 +71,26 @@ class SyntheticCIFAR100(Dataset):
         image = Image.fromarray(self.data[index])
         if self.transform is not None:
             image = self.transform(image)
+        target = self.targets[index]
+        if self.contrast_k is not None:
+            return image, target, index, self._contrast_indices(index, target)
         if self.with_index:
-            return image, self.targets[index], index
-        return image, self.targets[index]
+            return image, target, index
+        return image, target
+
+    def _contrast_indices(self, index, target):
+        positive = index if self.contrast_mode == "exact" else np.random.choice(self.positives[target])
+        negatives = self.negatives[target]
+        drawn = np.random.choice(negatives, self.contrast_k, replace=self.contrast_k > len(negatives))
+        return np.concatenate(([positive], drawn)).astype(np.int64)
 
 
-def synthetic_cifar100_sets(train_size: int, test_size: int, seed: int = 0):
-    """Train and test ``SyntheticCIFAR100`` sets with CIFAR-100's weak and test transforms."""
-    train = SyntheticCIFAR100(train_size, cifar100_weak_transform(), seed=seed)
+def synthetic_cifar100_sets(train_size: int, test_size: int, seed: int = 0, contrast_k=None, contrast_mode="exact"):
+    """Train and test ``SyntheticCIFAR100`` sets with CIFAR-100's weak and test transforms.
+
+    ``contrast_k`` and ``contrast_mode`` give the training set CRD's contrastive sampling.
+    """
+    train = SyntheticCIFAR100(train_size, cifar100_weak_transform(), seed=seed, contrast_k=contrast_k, contrast_mode=contrast_mode)
     test = SyntheticCIFAR100(test_size, cifar100_test_transform(), seed=seed + 1, with_index=False)
     return train, test
 

@@ -1,0 +1,127 @@
+"""slkd-bench: run KD, DKD, CRD, MLKD and SLD side by side, and report what the runs recorded.
+
+    slkd-bench run --pair res32x4_res8x4 --methods KD,DKD,CRD,MLKD,SLD --seeds 0,1,2
+                   [--out DIR] [--epochs N] [--set KEY VALUE]... [--parallel N]
+                   [--device cpu|cuda] [--amp none|bf16|fp16] [--smoke]
+                   [--mdistiller-root PATH] [--dry-run]
+    slkd-bench report DIR
+
+``run`` trains every (method, seed) with slkd-train in its own process, into
+``DIR/<pair>/<method>/seed<k>/``; run it again to continue a stopped benchmark (finished
+runs are skipped, half-done ones resumed). ``report`` writes ``summary.md``,
+``summary.csv``, ``curves.png``, ``losses.png`` and ``swaps.png`` next to the runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+from slkd.bench.sources import METHODS, BenchError
+from slkd.host.registry import HostNotFound
+
+DEFAULT_OUT = os.path.join("output", "bench")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser("slkd-bench", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="train every method and seed (resumable)")
+    run.add_argument("--pair", default="res32x4_res8x4", help="teacher_student pair(s), comma-separated (default res32x4_res8x4)")
+    run.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {','.join(METHODS)} (default all)")
+    run.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    run.add_argument("--out", default=DEFAULT_OUT, help=f"benchmark folder (default {DEFAULT_OUT})")
+    run.add_argument("--epochs", type=int, default=None, help="SOLVER.EPOCHS for every run (the decay stages stay as configured)")
+    run.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="a config override for every run; repeatable")
+    run.add_argument("--parallel", type=int, default=1, help="runs at once (default 1); spread over the visible GPUs")
+    run.add_argument("--device", choices=("cpu", "cuda"), default=None, help="slkd-train --device (default: cuda when available; cpu with --smoke)")
+    run.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None, help="slkd-train --amp for every run")
+    run.add_argument("--smoke", action="store_true", help="slkd-train --smoke for every run: synthetic data, random teachers, 2 short epochs")
+    run.add_argument("--mdistiller-root", default=None, help="mdistiller checkout (default: $SLKD_MDISTILLER_PATH, else the installed one)")
+    run.add_argument("--dry-run", action="store_true", help="print what each run would do, and run nothing")
+
+    report = commands.add_parser("report", help="tables and figures from the run folders")
+    report.add_argument("dir", help="the benchmark folder given to run --out")
+    return parser.parse_args(argv)
+
+
+def run_command(args) -> int:
+    from slkd.bench import plan, sources
+    from slkd.bench.configs import parse_overrides
+    from slkd.bench.run import Options, execute
+
+    if args.parallel < 1:
+        raise BenchError(f"--parallel is {args.parallel}: it must be 1 or more")
+    if args.epochs is not None and args.epochs < 1:
+        raise BenchError(f"--epochs is {args.epochs}: it must be 1 or more")
+    pairs = sources.parse_pairs(args.pair)
+    methods = sources.parse_methods(args.methods)
+    seeds = sources.parse_seeds(args.seeds)
+    overrides = tuple(parse_overrides(args.set))
+    host = sources.host_root(args.mdistiller_root)
+    os.environ["SLKD_MDISTILLER_PATH"] = str(host)  # the runs use the same mdistiller
+    options = Options(
+        epochs=args.epochs,
+        overrides=overrides,
+        parallel=args.parallel,
+        device=args.device,
+        amp=args.amp,
+        smoke=args.smoke,
+        dry_run=args.dry_run,
+    )
+    runs = plan.plan(pairs, methods, seeds, Path(args.out), host, args.smoke)
+    print(f"[slkd-bench] {len(runs)} runs ({', '.join(p.name for p in pairs)}; {', '.join(methods)}; seeds {','.join(map(str, seeds))}), mdistiller {host}", flush=True)
+    outcomes = execute(runs, options, echo=lambda line: print(line, flush=True))
+    return _print_outcomes(outcomes, runs, args.dry_run)
+
+
+def _print_outcomes(outcomes, runs, dry_run: bool) -> int:
+    failed = [outcome for outcome in outcomes if not outcome.ok]
+    counts = {}
+    for outcome in outcomes:
+        if outcome.ok:
+            counts[outcome.action] = counts.get(outcome.action, 0) + 1
+    words = {"done": "skipped (already done)", "start": "to start" if dry_run else "started", "resume": "to resume" if dry_run else "resumed"}
+    parts = [f"{counts[action]} {words[action]}" for action in words if action in counts] + [f"{len(failed)} failed"]
+    print(f"[slkd-bench] {len(outcomes)} runs: {', '.join(parts)}{' (dry run)' if dry_run else ''}")
+    for outcome in failed:
+        print(f"[slkd-bench] FAILED {outcome.run.label}: {outcome.message}", file=sys.stderr)
+    if runs and not dry_run:
+        print(f"[slkd-bench] report: slkd-bench report {runs[0].folder.parents[2]}")
+    return 1 if failed else 0
+
+
+def report_command(args) -> int:
+    from slkd.bench.report import report
+
+    for path in report(Path(args.dir), echo=print):
+        print(f"[slkd-bench] wrote {path}")
+    return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # stop the runs as Ctrl-C does
+
+
+def main(argv=None) -> int:
+    """Console entry point: bad input prints one ``slkd-bench: error:`` line and exits 1."""
+    args = parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return run_command(args) if args.command == "run" else report_command(args)
+    except (BenchError, HostNotFound) as error:
+        print(f"slkd-bench: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("slkd-bench: interrupted; run the same command again to continue where it stopped", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Which runs a benchmark is made of, where each one lives, and what each needs now.
+
+A run is one (pair, method, seed); its folder is ``<out>/<pair>/<method>/seed<k>``, or
+``<out>/smoke/<pair>/<method>/seed<k>`` with ``--smoke`` (slkd-train puts smoke runs under
+``LOG.PREFIX/smoke``). What a run needs is read from its folder alone:
+
+- ``done``: ``summary.json`` says ``epochs_done == epochs``; the run is skipped;
+- ``resume``: ``summary.json`` records fewer epochs and a ``latest`` checkpoint (or its
+  predecessor ``latest.prev``) exists; slkd-train continues it with ``--resume``;
+- ``start``: anything else (no folder, or no record of a finished epoch); slkd-train starts
+  it from epoch 1.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from slkd.bench.sources import Pair, source_config
+
+DONE, RESUME, START = "done", "resume", "start"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One (pair, method, seed) of the benchmark."""
+
+    pair: Pair
+    method: str
+    seed: int
+    source: Path  # the config file it starts from
+    prefix: Path  # LOG.PREFIX given to slkd-train
+    folder: Path  # where slkd-train writes it
+
+    @property
+    def label(self) -> str:
+        return f"{self.pair.name} {self.method} seed{self.seed}"
+
+
+def plan(pairs: list[Pair], methods: list[str], seeds: list[int], out: Path, host: Path, smoke: bool) -> list[Run]:
+    """Every run of ``pairs x methods x seeds``, in that order."""
+    prefix = Path(out).resolve()
+    root = prefix / "smoke" if smoke else prefix
+    return [
+        Run(pair, method, seed, source_config(method, pair, host), prefix, root / pair.name / method / f"seed{seed}")
+        for pair in pairs
+        for method in methods
+        for seed in seeds
+    ]
+
+
+def read_summary(folder: Path) -> dict | None:
+    """The run's ``summary.json``, or None when it is missing or unreadable."""
+    try:
+        return json.loads((Path(folder) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_complete(summary: dict | None) -> bool:
+    """Whether a run's summary records all of its epochs."""
+    return bool(summary) and summary.get("epochs_done") is not None and summary["epochs_done"] >= summary.get("epochs", float("inf"))
+
+
+def state(folder: Path) -> str:
+    """:data:`DONE`, :data:`RESUME` or :data:`START` for the run in ``folder``."""
+    summary = read_summary(folder)
+    if is_complete(summary):
+        return DONE
+    if summary is not None and any((Path(folder) / name).is_file() for name in ("latest", "latest.prev")):
+        return RESUME
+    return START

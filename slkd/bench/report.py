@@ -1,0 +1,279 @@
+"""slkd-bench report: tables and figures from the run folders' own records, nothing else.
+
+Reads every ``<pair>/<method>/seed<k>/`` under the benchmark folder (or under its ``smoke/``
+folder when only that one holds runs): ``summary.json``, ``metrics.jsonl``, ``config.yaml``,
+``command.txt`` and ``environment.json``, as slkd's trainer writes them. Only complete runs
+(``epochs_done == epochs``) enter the numbers; the others are listed as left out.
+
+Writes ``summary.md`` and ``summary.csv`` (per pair and method: best and last test top-1 as
+mean and sample standard deviation over seeds, the protocol, seconds per epoch, peak GPU
+memory when recorded, the published number with its source) and the figures of
+:mod:`slkd.bench.plots`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from slkd.bench.plan import is_complete, read_summary
+from slkd.bench.published import SOURCES, TOP1, published
+from slkd.bench.sources import METHODS, BenchError
+
+SEED_FOLDER = re.compile(r"seed(\d+)$")
+CSV_COLUMNS = (
+    "pair", "method", "n", "seeds", "best_mean", "best_std", "last_mean", "last_std", "epochs", "views",
+    "augmentation", "data", "train_seconds_per_epoch", "eval_seconds_per_epoch", "peak_memory_mib",
+    "published", "published_source",
+)
+
+
+@dataclass
+class RunFolder:
+    """What one run folder holds."""
+
+    pair: str
+    method: str
+    seed: int
+    folder: Path
+    summary: dict | None
+    metrics: list
+    config: dict
+    command: str
+    environment: dict
+
+    @property
+    def complete(self) -> bool:
+        return is_complete(self.summary)
+
+    @property
+    def views(self) -> int:
+        """Views per training batch, from the distiller in the run's config."""
+        distiller = self.config.get("DISTILLER", {}).get("TYPE")
+        if distiller == "SLD":
+            return 2 if self.config.get("SLD", {}).get("STRONG_VIEW", True) else 1
+        return 2 if distiller == "MLKD" else 1
+
+    @property
+    def augmentation(self) -> str:
+        return "standard + RandAugment strong view" if self.views == 2 else "standard (crop, flip)"
+
+    @property
+    def data(self) -> str:
+        if "--smoke" in self.command.split():
+            return "synthetic (--smoke)"
+        dataset = self.config.get("DATASET", {}).get("TYPE", "?")
+        return {"cifar100": "CIFAR-100", "imagenet": "ImageNet"}.get(dataset, dataset)
+
+
+@dataclass
+class Row:
+    """One line of the summary: a (pair, method) over its complete runs."""
+
+    pair: str
+    method: str
+    runs: list
+
+    @property
+    def n(self) -> int:
+        return len(self.runs)
+
+    def values(self, key: str) -> list[float]:
+        return [run.summary[key] for run in self.runs]
+
+    def per_epoch(self, key: str) -> list[float]:
+        return [line[key] for run in self.runs for line in run.metrics if isinstance(line.get(key), (int, float))]
+
+    def joined(self, attribute: str) -> str:
+        return "/".join(str(value) for value in sorted({getattr(run, attribute) for run in self.runs}, key=str))
+
+    def as_dict(self) -> dict:
+        best, last = self.values("best_acc"), self.values("last_acc")
+        train, evaluation, memory = self.per_epoch("train_seconds"), self.per_epoch("eval_seconds"), self.per_epoch("peak_memory_mib")
+        paper = published(self.pair, self.method)
+        return {
+            "pair": self.pair,
+            "method": self.method,
+            "n": self.n,
+            "seeds": " ".join(str(run.seed) for run in self.runs),
+            "best_mean": statistics.mean(best),
+            "best_std": statistics.stdev(best) if self.n > 1 else None,
+            "last_mean": statistics.mean(last),
+            "last_std": statistics.stdev(last) if self.n > 1 else None,
+            "epochs": "/".join(str(e) for e in sorted({run.summary["epochs"] for run in self.runs})),
+            "views": self.joined("views"),
+            "augmentation": self.joined("augmentation"),
+            "data": self.joined("data"),
+            "train_seconds_per_epoch": statistics.mean(train) if train else None,
+            "eval_seconds_per_epoch": statistics.mean(evaluation) if evaluation else None,
+            "peak_memory_mib": max(memory) if memory else None,
+            "published": paper[0] if paper else None,
+            "published_source": paper[1] if paper else "",
+        }
+
+
+def runs_root(folder: Path) -> Path:
+    """``folder``, or ``folder/smoke`` when only that one holds run folders."""
+    if _run_folders(folder):
+        return folder
+    if _run_folders(folder / "smoke"):
+        return folder / "smoke"
+    raise BenchError(f"no run folders (<pair>/<method>/seed<k>/summary.json) under {folder}: run slkd-bench run --out {folder} first")
+
+
+def _run_folders(root: Path) -> list[Path]:
+    return sorted(path.parent for path in root.glob("*/*/seed*/summary.json") if SEED_FOLDER.search(path.parent.name))
+
+
+def load_runs(root: Path) -> list[RunFolder]:
+    """Every run folder under ``root`` with a ``summary.json``."""
+    records = []
+    for folder in _run_folders(root):
+        metrics_path = folder / "metrics.jsonl"
+        metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()] if metrics_path.is_file() else []
+        records.append(
+            RunFolder(
+                pair=folder.parent.parent.name,
+                method=folder.parent.name,
+                seed=int(SEED_FOLDER.search(folder.name).group(1)),
+                folder=folder,
+                summary=read_summary(folder),
+                metrics=metrics,
+                config=_read_yaml(folder / "config.yaml"),
+                command=_read_text(folder / "command.txt"),
+                environment=_read_json(folder / "environment.json"),
+            )
+        )
+    return records
+
+
+def rows(records: list[RunFolder]) -> list[Row]:
+    """One :class:`Row` per (pair, method) with complete runs, methods in the usual order."""
+    groups: dict[tuple, list] = {}
+    for record in records:
+        if record.complete:
+            groups.setdefault((record.pair, record.method), []).append(record)
+    order = {method: index for index, method in enumerate(METHODS)}
+    keys = sorted(groups, key=lambda key: (key[0], order.get(key[1], len(order)), key[1]))
+    return [Row(pair, method, sorted(groups[(pair, method)], key=lambda r: r.seed)) for pair, method in keys]
+
+
+def report(folder: Path, echo=print) -> list[Path]:
+    """Write the tables and figures next to the runs; return the files written."""
+    from slkd.bench import plots
+
+    root = runs_root(Path(folder))
+    if root != Path(folder):
+        echo(f"[slkd-bench] only smoke runs under {folder}: reporting {root}")
+    records = load_runs(root)
+    table = rows(records)
+    if not table:
+        raise BenchError(f"no complete run under {root}: each run's summary.json must record all its epochs")
+    written = [write_csv(table, root / "summary.csv"), write_markdown(table, records, root / "summary.md")]
+    written += plots.draw_all(table, root, tables_written=written)
+    return written
+
+
+def write_csv(table: list[Row], path: Path) -> Path:
+    with open(path, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for row in table:
+            writer.writerow({key: "" if value is None else value for key, value in row.as_dict().items()})
+    return path
+
+
+def write_markdown(table: list[Row], records: list[RunFolder], path: Path) -> Path:
+    lines = [
+        f"# slkd-bench report: {path.parent}",
+        "",
+        "Test top-1 (%) of the student: mean ± sample standard deviation over seeds (n complete runs).",
+        "Best: the highest test top-1 over a run's epochs (what papers usually report); last: its final epoch.",
+        "Published: the baselines' authors' numbers (SPEC section 6), not these runs'.",
+        "",
+        "| pair | method | n | best top-1 | last top-1 | epochs | views | augmentation | data | s/epoch train | s/epoch eval | peak GPU MiB | published |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in table:
+        d = row.as_dict()
+        lines.append(
+            f"| {d['pair']} | {d['method']} | {d['n']} | {_mean_std(d['best_mean'], d['best_std'])} | "
+            f"{_mean_std(d['last_mean'], d['last_std'])} | {d['epochs']} | {d['views']} | {d['augmentation']} | {d['data']} | "
+            f"{_number(d['train_seconds_per_epoch'], '.2f')} | {_number(d['eval_seconds_per_epoch'], '.2f')} | "
+            f"{_number(d['peak_memory_mib'], '.0f', 'not recorded')} | {_number(d['published'], '.2f')} |"
+        )
+    lines += ["", "Notes:", ""] + [f"- {note}" for note in _notes(table, records)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _notes(table: list[Row], records: list[RunFolder]) -> list[str]:
+    notes = []
+    methods_published = [method for method in METHODS if any(row.method == method and row.as_dict()["published"] is not None for row in table)]
+    for source in dict.fromkeys(SOURCES[method] for method in methods_published):
+        named = [method for method in methods_published if SOURCES[method] == source]
+        notes.append(f"published {', '.join(named)}: {source}.")
+    for pair in sorted({row.pair for row in table}):
+        if "MLKD+LS" in TOP1.get(pair, {}):
+            notes.append(f"{pair}: MLKD with logit standardization (MLKD+LS, not run here) is published at {TOP1[pair]['MLKD+LS']:.2f} ({SOURCES['MLKD+LS']}).")
+    if any(row.as_dict()["data"].startswith("synthetic") for row in table):
+        notes.append("smoke runs: synthetic data and random teachers for two short epochs; their accuracies and times check the wiring, they measure nothing.")
+    notes.append("seconds per epoch: mean over the runs' epochs of the training and of the evaluation time; peak GPU memory: the highest over epochs and runs (CUDA runs only).")
+    left_out = [f"{r.pair} {r.method} seed{r.seed} ({r.summary.get('epochs_done')}/{r.summary.get('epochs')} epochs)" for r in records if not r.complete and r.summary]
+    if left_out:
+        notes.append("left out, not finished: " + "; ".join(left_out) + ".")
+    for machine, labels in _machines(table).items():
+        notes.append(f"machine: {machine} ({', '.join(labels)}).")
+    return notes
+
+
+def _machines(table: list[Row]) -> dict[str, list]:
+    machines: dict[str, list] = {}
+    for row in table:
+        for run in row.runs:
+            env = run.environment
+            host = env.get("host") or {}
+            machine = (
+                f"{', '.join(env.get('gpus') or []) or 'CPU only'}; torch {env.get('torch', '?')}, CUDA {env.get('cuda')}; "
+                f"slkd {env.get('slkd', '?')} at {env.get('slkd_commit') or 'unknown commit'}; "
+                f"host {host.get('path', '?')} at {host.get('commit') or 'unknown commit'}"
+            )
+            label = f"{row.pair} {row.method}"
+            if label not in machines.setdefault(machine, []):
+                machines[machine].append(label)
+    return machines
+
+
+def _mean_std(mean: float, std: float | None) -> str:
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+
+
+def _number(value, spec: str, missing: str = "") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
