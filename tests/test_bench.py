@@ -286,29 +286,14 @@ def test_bad_arguments_are_one_line_errors(argv, message, capsys):
 
 
 # --------------------------------------------------------------------------- with mdistiller
-# mdistiller's CRD moves its (unused) negative sampler to CUDA when built, which fails on a
-# CPU-only torch; until slkd-train builds CRD without it there, the smoke runs' processes
-# load this stand-in fix (only where torch has no CUDA).
-CRD_CPU_SHIM = """
-import sys
-import torch
-if not torch.cuda.is_available():
-    from slkd.host.registry import import_host
-    import_host()
-    sys.modules["mdistiller.distillers.CRD"].AliasMethod.cuda = lambda self: None
-"""
-
 SMOKE_PAIR = "res56_res20"  # resnet32x4's smoke runs take several times longer on 2 CPU cores
 
 
 @pytest.fixture(scope="module")
 def child_env(host, tmp_path_factory):
     """The environment the benchmark's subprocesses see (restored afterwards)."""
-    shim = tmp_path_factory.mktemp("shim")
-    (shim / "sitecustomize.py").write_text(CRD_CPU_SHIM)
     root = str(Path(host.package.__file__).resolve().parents[1])
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(shim), os.environ.get("PYTHONPATH")])))
         patch.setenv("SLKD_MDISTILLER_PATH", root)
         yield root
 

@@ -120,6 +120,10 @@ class SLKDTrainer:
         for epoch in range(start, epochs + 1):
             metrics = self.run_epoch(epoch)
             self._log(metrics)
+        if start > epochs and self.context.is_main:  # resumed a finished run: refresh its summary
+            done = self.record.read_metrics()
+            if done:
+                self._write_summary(done[-1])
         self._close_writer()
         return self.best_acc
 
@@ -331,6 +335,10 @@ class SLKDTrainer:
         if not self.context.is_main:
             return
         self.record.log_epoch(metrics)
+        self._write_summary(metrics)
+        self._write_scalars(metrics)
+
+    def _write_summary(self, metrics: dict) -> None:
         self.record.write_summary(
             {
                 "best_acc": self.best_acc,
@@ -342,8 +350,11 @@ class SLKDTrainer:
                 "teacher": self.cfg.DISTILLER.TEACHER,
                 "student": self.cfg.DISTILLER.STUDENT,
                 "world_size": self.context.world_size,
+                "views": self.num_views,
             }
         )
+
+    def _write_scalars(self, metrics: dict) -> None:
         epoch = metrics["epoch"]
         for name, value in metrics.items():
             if name != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):

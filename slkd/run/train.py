@@ -17,6 +17,8 @@ check that everything is wired, on a CPU in seconds.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import os
 import sys
 import warnings
@@ -145,7 +147,7 @@ def _calibrate_batchnorm(model, images) -> None:
     model.eval()
 
 
-def build_distiller(host, cfg, num_classes: int, smoke: bool, num_data: int, calibration_images=None):
+def build_distiller(host, cfg, num_classes: int, smoke: bool, num_data: int, calibration_images=None, device_type: str = "cpu"):
     from slkd.host import models
 
     models.check_names(host, cfg)
@@ -160,8 +162,26 @@ def build_distiller(host, cfg, num_classes: int, smoke: bool, num_data: int, cal
         _calibrate_batchnorm(teacher, calibration_images)
     distiller_class = host.distiller_dict[cfg.DISTILLER.TYPE]
     if cfg.DISTILLER.TYPE == "CRD":
-        return distiller_class(student, teacher, cfg, num_data)
+        with _crd_sampler_kept_on_cpu(distiller_class, device_type):
+            return distiller_class(student, teacher, cfg, num_data)
     return distiller_class(student, teacher, cfg)
+
+
+@contextlib.contextmanager
+def _crd_sampler_kept_on_cpu(distiller_class, device_type: str):
+    """mdistiller's CRD moves its negative sampler (``AliasMethod``) to CUDA when built, which
+    fails where there is none. The sampler is unused when the loader supplies the
+    contrastive indices, as slkd's loaders do, so on a CPU it simply stays where it is."""
+    if device_type == "cuda":
+        yield
+        return
+    alias_method = importlib.import_module(distiller_class.__module__).AliasMethod
+    original = alias_method.cuda
+    alias_method.cuda = lambda self: self
+    try:
+        yield
+    finally:
+        alias_method.cuda = original
 
 
 def run(argv=None) -> float:
@@ -183,7 +203,7 @@ def run(argv=None) -> float:
     try:
         train_set, test_set, num_classes = datasets(host, cfg, args.smoke)
         calibration = torch.stack([test_set[i][0] for i in range(len(test_set))]) if args.smoke else None
-        distiller = build_distiller(host, cfg, num_classes, args.smoke, len(train_set), calibration)
+        distiller = build_distiller(host, cfg, num_classes, args.smoke, len(train_set), calibration, device_type)
         if context.is_main:
             _print_batch_and_lr(cfg, context)
             if cfg.LOG.WANDB:

@@ -79,9 +79,10 @@ class RunRecord:
         return self.folder / "metrics.jsonl"
 
     def start(self, cfg, argv, env: dict) -> None:
-        """Write config, command and environment."""
+        """Write config, command and environment; a fresh start drops older metrics."""
         if not self.enabled:
             return
+        self.metrics_path.unlink(missing_ok=True)
         _write_text(self.folder / "config.yaml", cfg.dump())
         _write_text(self.folder / "command.txt", " ".join(argv) + "\n")
         _write_text(self.folder / "environment.json", json.dumps(env, indent=2, default=str) + "\n")
