@@ -2,7 +2,7 @@
 
     slkd-bench run --pair res32x4_res8x4 --methods KD,DKD,CRD,MLKD,SLD --seeds 0,1,2
                    [--out DIR] [--epochs N] [--set KEY VALUE]... [--parallel N]
-                   [--device cpu|cuda] [--amp none|bf16|fp16] [--smoke]
+                   [--device cpu|cuda] [--amp none|bf16|fp16] [--smoke | --synthetic N]
                    [--mdistiller-root PATH] [--dry-run]
     slkd-bench report DIR
 
@@ -41,6 +41,7 @@ def parse_args(argv=None):
     run.add_argument("--device", choices=("cpu", "cuda"), default=None, help="slkd-train --device (default: cuda when available; cpu with --smoke)")
     run.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None, help="slkd-train --amp for every run")
     run.add_argument("--smoke", action="store_true", help="slkd-train --smoke for every run: synthetic data, random teachers, 2 short epochs")
+    run.add_argument("--synthetic", type=int, default=None, metavar="N", help="slkd-train --synthetic N for every run: the configs as they are on N synthetic images with random teachers (timing without the data)")
     run.add_argument("--mdistiller-root", default=None, help="mdistiller checkout (default: $SLKD_MDISTILLER_PATH, else the installed one)")
     run.add_argument("--dry-run", action="store_true", help="print what each run would do, and run nothing")
 
@@ -56,6 +57,8 @@ def run_command(args) -> int:
 
     if args.parallel < 1:
         raise BenchError(f"--parallel is {args.parallel}: it must be 1 or more")
+    if args.smoke and args.synthetic is not None:
+        raise BenchError("--smoke and --synthetic exclude each other: --smoke already runs on synthetic data")
     if args.epochs is not None and args.epochs < 1:
         raise BenchError(f"--epochs is {args.epochs}: it must be 1 or more")
     pairs = sources.parse_pairs(args.pair)
@@ -71,6 +74,7 @@ def run_command(args) -> int:
         device=args.device,
         amp=args.amp,
         smoke=args.smoke,
+        synthetic=args.synthetic,
         dry_run=args.dry_run,
     )
     runs = plan.plan(pairs, methods, seeds, Path(args.out), host, args.smoke)

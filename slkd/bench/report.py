@@ -66,8 +66,11 @@ class RunFolder:
 
     @property
     def data(self) -> str:
-        if "--smoke" in self.command.split():
+        words = self.command.split()
+        if "--smoke" in words:
             return "synthetic (--smoke)"
+        if "--synthetic" in words:
+            return f"synthetic ({words[words.index('--synthetic') + 1]} images, random teacher)"
         dataset = self.config.get("DATASET", {}).get("TYPE", "?")
         return {"cifar100": "CIFAR-100", "imagenet": "ImageNet"}.get(dataset, dataset)
 
@@ -222,8 +225,11 @@ def _notes(table: list[Row], records: list[RunFolder]) -> list[str]:
     for pair in sorted({row.pair for row in table}):
         if "MLKD+LS" in TOP1.get(pair, {}):
             notes.append(f"{pair}: MLKD with logit standardization (MLKD+LS, not run here) is published at {TOP1[pair]['MLKD+LS']:.2f} ({SOURCES['MLKD+LS']}).")
-    if any(row.as_dict()["data"].startswith("synthetic") for row in table):
+    data = {row.as_dict()["data"] for row in table}
+    if "synthetic (--smoke)" in data:
         notes.append("smoke runs: synthetic data and random teachers for two short epochs; their accuracies and times check the wiring, they measure nothing.")
+    if any(label.startswith("synthetic (") and "--smoke" not in label for label in data):
+        notes.append("synthetic runs (--synthetic): the configs' batch, loaders and loop on random pixels with random teachers; their times measure the loop, their accuracies mean nothing.")
     notes.append("seconds per epoch: mean over the runs' epochs of the training and of the evaluation time; peak GPU memory: the highest over epochs and runs (CUDA runs only).")
     left_out = [f"{r.pair} {r.method} seed{r.seed} ({r.summary.get('epochs_done')}/{r.summary.get('epochs')} epochs)" for r in records if not r.complete and r.summary]
     if left_out:

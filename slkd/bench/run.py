@@ -45,6 +45,7 @@ class Options:
     device: str | None = None
     amp: str | None = None
     smoke: bool = False
+    synthetic: int | None = None
     dry_run: bool = False
 
     @property
@@ -104,6 +105,8 @@ def command(config_path: Path, seed: int, options: Options, resume: bool) -> lis
         argv += ["--amp", options.amp]
     if options.smoke:
         argv.append("--smoke")
+    if options.synthetic is not None:
+        argv += ["--synthetic", str(options.synthetic)]
     if resume:
         argv.append("--resume")
     return argv

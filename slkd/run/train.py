@@ -1,6 +1,6 @@
 """slkd-train: mdistiller's training command, with SLD registered and slkd's trainer.
 
-    slkd-train --cfg FILE [--resume] [--device cpu|cuda] [--smoke] [--seed N]
+    slkd-train --cfg FILE [--resume] [--device cpu|cuda] [--smoke | --synthetic N] [--seed N]
                [--deterministic] [--amp none|bf16|fp16] [--channels-last] [--wandb] [KEY VALUE ...]
 
 The grammar is that of mdistiller's ``tools/train.py`` (``--cfg``, ``--resume``, trailing
@@ -11,7 +11,9 @@ through slkd's trainer, whatever ``SOLVER.TRAINER`` says, so all see the same lo
 
 ``--smoke`` runs the real loop for two short epochs (the second past ``SLD.GAMMA``) and one
 evaluation per epoch on synthetic CIFAR-shaped data with a randomly initialised teacher: a
-check that everything is wired, on a CPU in seconds.
+check that everything is wired, on a CPU in seconds. ``--synthetic N`` runs the config as it
+is (batch, epochs, loaders) on N synthetic training images and 10000 test images with a
+random teacher: the real loop's speed without the dataset or the teacher release.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import torch
 SMOKE_ITERATIONS = 2
 SMOKE_BATCH = 8
 SMOKE_TEST_IMAGES = 32
+SYNTHETIC_TEST_IMAGES = 10000
+CALIBRATION_IMAGES = 256
 
 
 class UsageError(RuntimeError):
@@ -40,6 +44,7 @@ def parse_args(argv=None):
     parser.add_argument("--resume", action="store_true", help="continue the run from its last complete epoch")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     parser.add_argument("--smoke", action="store_true", help="a few iterations on synthetic data, random teacher")
+    parser.add_argument("--synthetic", type=int, default=None, metavar="N", help="N synthetic training images, random teacher, config unchanged")
     parser.add_argument("--seed", type=int, default=None, help="sets SLKD.SEED")
     parser.add_argument("--deterministic", action="store_true", help="sets SLKD.DETERMINISTIC")
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None, help="sets SLKD.AMP")
@@ -107,14 +112,25 @@ def configure_backends(cfg, device_type: str) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def datasets(host, cfg, smoke: bool):
-    """Train and test datasets: the host's own, or synthetic CIFAR-shaped ones for ``--smoke``
-    (with CRD's contrastive sampling when the method is CRD)."""
+def synthetic_sizes(args, cfg):
+    """(train, test) image counts of the synthetic data, or None for the real dataset."""
+    if args.smoke:
+        return cfg.SOLVER.BATCH_SIZE * SMOKE_ITERATIONS, SMOKE_TEST_IMAGES
+    if args.synthetic is not None:
+        if args.synthetic < cfg.SOLVER.BATCH_SIZE:
+            raise UsageError(f"--synthetic {args.synthetic}: give at least one batch ({cfg.SOLVER.BATCH_SIZE} images)")
+        return args.synthetic, SYNTHETIC_TEST_IMAGES
+    return None
+
+
+def datasets(host, cfg, synthetic):
+    """Train and test datasets: the host's own, or ``synthetic = (train, test)`` CIFAR-shaped
+    ones (with CRD's contrastive sampling when the method is CRD)."""
     from slkd.host import data
 
-    if smoke:
+    if synthetic:
         contrast = {"contrast_k": int(cfg.CRD.NCE.K), "contrast_mode": cfg.CRD.MODE} if cfg.DISTILLER.TYPE == "CRD" else {}
-        train, test = data.synthetic_cifar100_sets(cfg.SOLVER.BATCH_SIZE * SMOKE_ITERATIONS, SMOKE_TEST_IMAGES, seed=int(cfg.SLKD.SEED), **contrast)
+        train, test = data.synthetic_cifar100_sets(*synthetic, seed=int(cfg.SLKD.SEED), **contrast)
         return train, test, 100
     data_root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(host.package.__file__))), "data")
     data.check_dataset_files(cfg, data_root)
@@ -147,7 +163,7 @@ def _calibrate_batchnorm(model, images) -> None:
     model.eval()
 
 
-def build_distiller(host, cfg, num_classes: int, smoke: bool, num_data: int, calibration_images=None, device_type: str = "cpu"):
+def build_distiller(host, cfg, num_classes: int, synthetic: bool, num_data: int, calibration_images=None, device_type: str = "cpu"):
     from slkd.host import models
 
     models.check_names(host, cfg)
@@ -156,9 +172,9 @@ def build_distiller(host, cfg, num_classes: int, smoke: bool, num_data: int, cal
         return host.distiller_dict["NONE"](student)
     if cfg.DISTILLER.TYPE not in host.distiller_dict:
         raise UsageError(f"DISTILLER.TYPE {cfg.DISTILLER.TYPE!r} is unknown; known: {', '.join(sorted(host.distiller_dict))}")
-    teacher = models.build_teacher(host, cfg, num_classes, pretrained=not smoke)
+    teacher = models.build_teacher(host, cfg, num_classes, pretrained=not synthetic)
     teacher.requires_grad_(False)
-    if smoke:
+    if synthetic:
         _calibrate_batchnorm(teacher, calibration_images)
     distiller_class = host.distiller_dict[cfg.DISTILLER.TYPE]
     if cfg.DISTILLER.TYPE == "CRD":
@@ -201,9 +217,10 @@ def run(argv=None) -> float:
     if args.resume:
         _check_resumable(cfg, list(args.opts))
     try:
-        train_set, test_set, num_classes = datasets(host, cfg, args.smoke)
-        calibration = torch.stack([test_set[i][0] for i in range(len(test_set))]) if args.smoke else None
-        distiller = build_distiller(host, cfg, num_classes, args.smoke, len(train_set), calibration, device_type)
+        synthetic = synthetic_sizes(args, cfg)
+        train_set, test_set, num_classes = datasets(host, cfg, synthetic)
+        calibration = torch.stack([test_set[i][0] for i in range(min(len(test_set), CALIBRATION_IMAGES))]) if synthetic else None
+        distiller = build_distiller(host, cfg, num_classes, bool(synthetic), len(train_set), calibration, device_type)
         if context.is_main:
             _print_batch_and_lr(cfg, context)
             if cfg.LOG.WANDB:
