@@ -1,0 +1,48 @@
+"""On a GPU: the same losses as on the CPU, and training steps free of host-device syncs.
+Skipped where torch sees no GPU (CI); run on a lent GPU with benchmarks/gpu_check.sh."""
+
+import pytest
+import torch
+
+from slkd.losses.sld import SLDLoss
+from tests.helpers.tiny import tiny_cfg, tiny_trainer
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("epoch", [1, 200])
+@pytest.mark.parametrize("detach", [False, True])
+def test_sld_on_gpu_matches_cpu(epoch, detach):
+    generator = torch.Generator().manual_seed(epoch)
+    student = torch.randn(128, 100, generator=generator, requires_grad=True)
+    teacher = torch.randn(128, 100, generator=generator)
+    target = torch.randint(0, 100, (128,), generator=generator)
+    criterion = SLDLoss(gamma=150, detach_pseudo_teacher=detach)
+    cpu = criterion(student, teacher, target, epoch)
+    (cpu_grad,) = torch.autograd.grad(cpu, student)
+    gpu_student = student.detach().cuda().requires_grad_()
+    gpu = criterion.cuda()(gpu_student, teacher.cuda(), target.cuda(), epoch)
+    (gpu_grad,) = torch.autograd.grad(gpu, gpu_student)
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gpu_grad.cpu(), cpu_grad, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("amp", ["none", "bf16"])
+def test_training_step_makes_no_host_device_sync(tmp_path, amp):
+    cfg = tiny_cfg(tmp_path)
+    cfg.SLKD.AMP = amp
+    from slkd.utils.distributed import DistContext
+
+    trainer = tiny_trainer(cfg, context=DistContext(device=torch.device("cuda", 0)))
+    trainer.distiller.train()
+    batch = next(iter(trainer.train_loader))
+    images, target, extras = trainer._to_device(batch)
+    trainer._step(images, target, extras, epoch=2)  # warm-up: allocator, cuDNN
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            losses, loss, _ = trainer._step(images, target, extras, epoch=2)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(loss).item()
