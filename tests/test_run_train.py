@@ -280,3 +280,16 @@ def test_without_mdistiller_says_how_to_install(tmp_path):
     assert result.stderr.startswith("slkd-train: error: slkd needs mdistiller")
     assert "git clone" in result.stderr and "SLKD_MDISTILLER_PATH" in result.stderr
     assert not (tmp_path / "output").exists()
+
+
+@pytest.mark.host
+def test_one_seed_gives_identical_losses_and_another_seed_does_not(host, in_tmp, capsys):
+    """slkd-train seeds the networks' initial weights, the data order and the augmentations."""
+    small = ["--cfg", str(CONFIGS / "cifar100" / "sld" / "res56_res20.yaml"), "--smoke", "--device", "cpu"]
+    losses = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        assert _main(small + ["--seed", str(seed), "LOG.PREFIX", name]) == 0
+        lines = (Path(name) / "smoke" / "slkd_cifar100" / "sld,resnet56,resnet20LOG.PREFIX:" f"{name}" / "metrics.jsonl").read_text().splitlines()
+        losses[name] = [[json.loads(line)[key] for key in ("loss_ce", "loss_kd", "test_loss")] for line in lines]
+    assert losses["a"] == losses["b"]
+    assert losses["a"] != losses["c"]

@@ -129,7 +129,7 @@ class SLKDTrainer:
 
     def run_epoch(self, epoch: int) -> dict:
         """Train one epoch, evaluate when due, checkpoint; return the epoch's metrics."""
-        _seed_everything(int(self.cfg.SLKD.SEED), epoch)
+        seed_everything(int(self.cfg.SLKD.SEED), epoch)
         lr = self._set_learning_rate(epoch)
         sampler = self.train_loader.sampler
         if hasattr(sampler, "set_epoch"):
@@ -414,8 +414,9 @@ def _add(sums: dict, name: str, value: torch.Tensor) -> None:
     sums[name] = value if name not in sums else sums[name] + value
 
 
-def _seed_everything(seed: int, epoch: int) -> None:
-    """Seed python, numpy and torch from (seed, epoch), so an epoch replays after a resume."""
+def seed_everything(seed: int, epoch: int) -> None:
+    """Seed python, numpy and torch from (seed, epoch), so an epoch replays after a resume
+    (epoch 0: the set-up before training, e.g. the networks' initial weights)."""
     mixed = (seed * 1_000_003 + epoch) % 2**32
     random.seed(mixed)
     np.random.seed(mixed)

@@ -204,7 +204,7 @@ def run(argv=None) -> float:
     """Parse, set up and train; returns the best test top-1."""
     import slkd
     from slkd.host.registry import import_host
-    from slkd.host.trainer import SLKDTrainer
+    from slkd.host.trainer import SLKDTrainer, seed_everything
     from slkd.utils import distributed
 
     args = parse_args(argv)
@@ -217,6 +217,7 @@ def run(argv=None) -> float:
     if args.resume:
         _check_resumable(cfg, list(args.opts))
     try:
+        seed_everything(int(cfg.SLKD.SEED), epoch=0)  # the student's (and a random teacher's) initial weights
         synthetic = synthetic_sizes(args, cfg)
         train_set, test_set, num_classes = datasets(host, cfg, synthetic)
         calibration = torch.stack([test_set[i][0] for i in range(min(len(test_set), CALIBRATION_IMAGES))]) if synthetic else None
