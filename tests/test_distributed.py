@@ -22,7 +22,7 @@ def _free_port():
         return sock.getsockname()[1]
 
 
-def _worker(rank, world, port, prefix, epochs):
+def _worker(rank, world, port, prefix, epochs, batchnorm=False):
     os.environ.update(
         {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
          "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
@@ -32,13 +32,13 @@ def _worker(rank, world, port, prefix, epochs):
 
     context = distributed.init("cpu")
     try:
-        tiny_trainer(tiny_cfg(prefix, epochs=epochs), context=context).train()
+        tiny_trainer(tiny_cfg(prefix, epochs=epochs), context=context, batchnorm=batchnorm).train()
     finally:
         distributed.shutdown()
 
 
-def _run_two_processes(prefix, epochs):
-    mp.start_processes(_worker, args=(2, _free_port(), str(prefix), epochs), nprocs=2, start_method="spawn")
+def _run_two_processes(prefix, epochs, batchnorm=False):
+    mp.start_processes(_worker, args=(2, _free_port(), str(prefix), epochs, batchnorm), nprocs=2, start_method="spawn")
 
 
 def _metrics(prefix):
@@ -73,3 +73,16 @@ def test_checkpoint_of_two_processes_resumes_in_one(tmp_path):
     tiny_trainer(tiny_cfg(tmp_path / "mixed", epochs=3)).train(resume=True)
     tiny_trainer(tiny_cfg(tmp_path / "one", epochs=3)).train()
     _assert_same(_metrics(tmp_path / "one"), _metrics(tmp_path / "mixed"))
+
+
+def test_batchnorm_student_trains_under_ddp(tmp_path):
+    """The student runs once per view before one backward, with BatchNorm statistics kept
+    per process and shared from rank 0 before evaluation. (The CUDA failure this guards
+    against, DDP's buffer broadcast rewriting statistics cuDNN saved, needs a GPU:
+    benchmarks/gpu_check.sh runs torchrun there.)"""
+    _run_two_processes(tmp_path / "bn", epochs=2, batchnorm=True)
+    lines = _metrics(tmp_path / "bn")
+    assert [line["epoch"] for line in lines] == [1, 2]
+    assert all(line["train_images"] == 24 for line in lines)
+    running_mean = _student(tmp_path / "bn")["norm.running_mean"]
+    assert running_mean.abs().sum() > 0

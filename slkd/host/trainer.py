@@ -62,6 +62,9 @@ class SLKDTrainer:
         if self.channels_last:
             self.distiller.to(memory_format=torch.channels_last)
         self.student = self.distiller.student
+        if cfg.SLKD.COMPILE:
+            self.student.compile()
+            self.distiller.teacher.compile()
         self._wrap_student_for_ddp()
 
         data.use_views(train_loader.dataset, cfg.DATASET.TYPE, self.num_views)
@@ -87,6 +90,7 @@ class SLKDTrainer:
             lr=self.cfg.SOLVER.LR,
             momentum=self.cfg.SOLVER.MOMENTUM,
             weight_decay=self.cfg.SOLVER.WEIGHT_DECAY,
+            fused=self.device.type == "cuda" or None,  # one kernel for the update on a GPU
         )
 
     def _wrap_student_for_ddp(self):
@@ -101,7 +105,18 @@ class SLKDTrainer:
             student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
             self.student = student
         device_ids = [self.device.index] if self.device.type == "cuda" else None
-        self.distiller.student = DistributedDataParallel(student, device_ids=device_ids)
+        # The student runs once per view before one backward: DDP's buffer broadcast at every
+        # forward would rewrite BatchNorm statistics that autograd saved. Buffers are instead
+        # made rank 0's before each evaluation and checkpoint (_share_buffers).
+        self.distiller.student = DistributedDataParallel(student, device_ids=device_ids, broadcast_buffers=False)
+
+    def _share_buffers(self):
+        """Give every process rank 0's BatchNorm statistics (under torchrun)."""
+        if self.context.distributed:
+            import torch.distributed as dist
+
+            for buffer in self.student.buffers():
+                dist.broadcast(buffer, src=0)
 
     @property
     def run_folder(self):
@@ -141,6 +156,7 @@ class SLKDTrainer:
         metrics.update(self._train_epoch(epoch))
         metrics["train_seconds"] = time.perf_counter() - started
         metrics["images_per_second"] = metrics["train_images"] / max(metrics["train_seconds"], 1e-9)
+        self._share_buffers()
         if epoch % int(self.cfg.SLKD.EVAL_FREQ) == 0 or epoch == int(self.cfg.SOLVER.EPOCHS):
             started = time.perf_counter()
             metrics.update(self.evaluate())
@@ -156,43 +172,39 @@ class SLKDTrainer:
 
     def _train_epoch(self, epoch: int) -> dict:
         self.distiller.train()
-        sums: dict[str, torch.Tensor] = {}
-        zero = torch.zeros((), device=self.device)
+        names, sums, correct, bad_row = None, None, None, None
         first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
-        bad_terms = None
         iteration = torch.zeros((), dtype=torch.long, device=self.device)
         images_seen = 0
         progress = _Progress(len(self.train_loader), f"epoch {epoch}", enabled=self.context.is_main)
         for batch in self.train_loader:
             images, target, extras = self._to_device(batch)
             losses, loss, logits = self._step(images, target, extras, epoch)
-            terms = torch.stack([value.detach().float().mean() for value in losses.values()])
-            hit = (first_bad < 0) & ~torch.isfinite(loss.detach())
+            stats = getattr(self.distiller, "step_stats", {})
+            if names is None:
+                names = ["loss", *losses, *stats]
+            # one row of per-image means per step, summed on the device: a few kernels, no sync
+            row = torch.stack([_scalar(loss), *map(_scalar, losses.values()), *map(_scalar, stats.values())])
+            hit = (first_bad < 0) & ~torch.isfinite(row[0])
             first_bad = torch.where(hit, iteration, first_bad)
-            bad_terms = terms if bad_terms is None else torch.where(hit, terms, bad_terms)
+            bad_row = row if bad_row is None else torch.where(hit, row, bad_row)
             iteration += 1
             count = target.shape[0]
             images_seen += count
-            top1, top5 = _correct(logits, target)
-            _add(sums, "loss", loss.detach().float() * count)
-            for name, value in zip(losses, terms):
-                _add(sums, name, value * count)
-            _add(sums, "top1", top1)
-            _add(sums, "top5", top5)
-            for name, value in getattr(self.distiller, "step_stats", {}).items():
-                _add(sums, name, value.float() * count)
+            sums = row * count if sums is None else sums + row * count
+            hits = _correct(logits, target)
+            correct = hits if correct is None else correct + hits
             progress.update()
         progress.close()
-        names = list(sums)
-        totals = torch.stack([sums[name] for name in names] + [zero + images_seen, (first_bad >= 0).float()])
+        totals = torch.cat([sums, correct, torch.stack([first_bad.new_tensor(images_seen), (first_bad >= 0).long()]).float()])
         all_reduce_sum(totals, self.context)
         values = totals.tolist()
         if values[-1] > 0:
-            self._raise_non_finite(epoch, first_bad, bad_terms, losses)
+            self._raise_non_finite(epoch, first_bad, bad_row[1 : 1 + len(losses)], losses)
         count = values[-2]
-        result = {("train_" + name if name in ("loss", "top1", "top5") else name): value / count for name, value in zip(names, values)}
-        result["train_acc"] = 100.0 * result.pop("train_top1")
-        result["train_acc_top5"] = 100.0 * result.pop("train_top5")
+        result = {("train_loss" if name == "loss" else name): value / count for name, value in zip(names, values)}
+        result["train_acc"] = 100.0 * values[len(names)] / count
+        result["train_acc_top5"] = 100.0 * values[len(names) + 1] / count
         result["train_images"] = int(count)
         return result
 
@@ -224,9 +236,8 @@ class SLKDTrainer:
             target = target.to(self.device, non_blocking=True)
             with self._autocast():
                 logits = self.distiller(image=image)
-            top1, top5 = _correct(logits, target)
             loss = F.cross_entropy(logits.float(), target, reduction="sum")
-            sums += torch.stack([top1, top5, loss, torch.ones_like(loss) * target.shape[0]])
+            sums += torch.cat([_correct(logits, target), torch.stack([loss, torch.ones_like(loss) * target.shape[0]])])
         all_reduce_sum(sums, self.context)
         top1, top5, loss, count = sums.tolist()
         count = max(count, 1.0)
@@ -402,16 +413,17 @@ class _Progress:
             self.bar.close()
 
 
-def _correct(logits: torch.Tensor, target: torch.Tensor):
-    """Counts of rows whose label is the top-1 and among the top-5 predictions (on device)."""
+def _correct(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``(2,)`` counts of rows whose label is the top-1 and among the top-5 predictions."""
     k = min(5, logits.shape[1])
-    top = logits.topk(k, dim=1).indices
-    hits = top == target.view(-1, 1)
-    return hits[:, :1].sum().float(), hits.sum().float()
+    hits = logits.topk(k, dim=1).indices == target.view(-1, 1)
+    return torch.stack([hits[:, 0].sum(), hits.sum()]).float()
 
 
-def _add(sums: dict, name: str, value: torch.Tensor) -> None:
-    sums[name] = value if name not in sums else sums[name] + value
+def _scalar(value: torch.Tensor) -> torch.Tensor:
+    """A loss term or statistic as a 0-d float32 tensor (a mean where a host returns a vector)."""
+    value = value.detach()
+    return (value.mean() if value.dim() else value).float()
 
 
 def seed_everything(seed: int, epoch: int) -> None:

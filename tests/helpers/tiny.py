@@ -3,8 +3,8 @@
 ``TinyDistiller`` follows mdistiller's ``Distiller`` contract (student and teacher that
 return ``(logits, features)``, teacher kept in eval mode, ``forward_train`` in training and
 the student's logits in eval) and computes SLD with slkd's own ``SLDLoss`` over two views,
-as ``slkd.host.distillers.SLD`` does. The networks have no BatchNorm, so runs split over
-processes compute what one process computes.
+as ``slkd.host.distillers.SLD`` does. By default the networks have no BatchNorm, so runs
+split over processes compute what one process computes.
 """
 
 import torch
@@ -19,13 +19,14 @@ from slkd.losses.sld import SLDLoss
 
 
 class TinyNet(nn.Module):
-    def __init__(self, num_classes=10, width=8):
+    def __init__(self, num_classes=10, width=8, batchnorm=False):
         super().__init__()
         self.conv = nn.Conv2d(3, width, 3, stride=2, padding=1)
+        self.norm = nn.BatchNorm2d(width) if batchnorm else nn.Identity()
         self.head = nn.Linear(width, num_classes)
 
     def forward(self, x):
-        features = F.adaptive_avg_pool2d(F.relu(self.conv(x)), 1).flatten(1)
+        features = F.adaptive_avg_pool2d(F.relu(self.norm(self.conv(x))), 1).flatten(1)
         return self.head(features), {"pooled": features}
 
 
@@ -104,12 +105,12 @@ def tiny_datasets(train_size=24, test_size=16, num_classes=10):
     return train, test
 
 
-def tiny_trainer(cfg, context=None, nan_at=None, model_seed=0):
+def tiny_trainer(cfg, context=None, nan_at=None, model_seed=0, batchnorm=False):
     """Teacher and student initialised from ``model_seed`` in every process."""
     from slkd.host.trainer import SLKDTrainer
 
     torch.manual_seed(model_seed)
-    student, teacher = TinyNet(), TinyNet()
+    student, teacher = TinyNet(batchnorm=batchnorm), TinyNet(batchnorm=batchnorm)
     distiller = TinyDistiller(student, teacher, cfg, nan_at=nan_at)
     train, test = tiny_datasets()
     return SLKDTrainer("tiny/run", distiller, Loader(train), Loader(test), cfg, context=context, argv=["test"])
