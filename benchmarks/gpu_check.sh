@@ -3,21 +3,20 @@
 # on an H100 or H200), from the repository root:
 #
 #   SLKD_MDISTILLER_PATH=/path/to/mdistiller [SLKD_RELEASED_SLD_PATH=/path/to/released-SLD] \
-#   RESULTS=benchmarks/results/<card>-<date> [PARTS="1 2 3 4 5 6"] bash benchmarks/gpu_check.sh
+#   RESULTS=benchmarks/results/<card>-<date> [PARTS="1 2 3 4 5"] bash benchmarks/gpu_check.sh
 #
 # 1. the CUDA tests (GPU = CPU losses, no host-device sync in a step);
 # 2. benchmarks/sld_speed.py: loss, step, sync, loader, full-run estimate;
 # 3. slkd-bench: KD, DKD, CRD, MLKD, SLD on res32x4_res8x4, the real loop on synthetic data;
 # 4. torchrun with one process (the DDP path) against the plain launcher;
 # 5. SLD in bf16 and bf16 + channels_last, same seed as 4's plain run;
-# 6. SLD with --compile (torch.compile of the networks), same seed.
 # Each part writes into $RESULTS and a failed part does not stop the others.
 # DEVICE=cpu QUICK=1 runs the same parts small, to check the script itself.
 set -u
 RESULTS="${RESULTS:-benchmarks/results/gpu-check}"
 DEVICE="${DEVICE:-cuda}"
 SYNTHETIC="${SYNTHETIC:-6400}"
-PARTS=" ${PARTS:-1 2 3 4 5 6} "
+PARTS=" ${PARTS:-1 2 3 4 5} "
 PY="${PYTHON:-python3}"
 CFG=mdistiller_configs/cifar100/sld/res32x4_res8x4.yaml
 RUNS="$(mktemp -d)"
@@ -73,9 +72,5 @@ if wanted 5; then
   part "5. mixed precision"
   train bf16 "$PY" -m slkd.run.train --amp bf16
   train bf16_channels_last "$PY" -m slkd.run.train --amp bf16 --channels-last
-fi
-if wanted 6; then
-  part "6. torch.compile of the networks"
-  train compile "$PY" -m slkd.run.train --compile
 fi
 part "done: $RESULTS"

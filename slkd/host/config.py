@@ -13,7 +13,6 @@ Nodes added to mdistiller's ``CFG`` by :func:`slkd.register`:
     DETERMINISTIC     False    cuDNN and torch deterministic algorithms
     AMP               "none"   "none" | "bf16" | "fp16" (fp16 uses a gradient scaler)
     CHANNELS_LAST     False    channels-last memory format for the networks and images
-    COMPILE           False    torch.compile the student and the teacher (same maths, fewer kernels)
     SYNC_BN           False    SyncBatchNorm for the student under torchrun
     EVAL_FREQ         1        evaluate every N epochs (and always at the last one)
     LOADER.WORKERS    -1       train loader workers per process; -1: sized to the machine
@@ -65,7 +64,6 @@ def slkd_node() -> CN:
     node.DETERMINISTIC = False
     node.AMP = "none"
     node.CHANNELS_LAST = False
-    node.COMPILE = False
     node.SYNC_BN = False
     node.EVAL_FREQ = 1
     node.LOADER = CN()

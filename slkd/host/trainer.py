@@ -62,9 +62,6 @@ class SLKDTrainer:
         if self.channels_last:
             self.distiller.to(memory_format=torch.channels_last)
         self.student = self.distiller.student
-        if cfg.SLKD.COMPILE:
-            self.student.compile()
-            self.distiller.teacher.compile()
         self._wrap_student_for_ddp()
 
         data.use_views(train_loader.dataset, cfg.DATASET.TYPE, self.num_views)

@@ -250,12 +250,7 @@ def class_consistency(
     Returns:
         ``(K,)`` tensor, float32 (float64 if an input is float64).
     """
-    student, teacher, temps = _prepare_pair(student, teacher, temperatures)
-    with torch.autocast(device_type=student.device.type, enabled=False):
-        p_s = F.softmax(_scaled(student, temps), dim=-1)
-        with torch.no_grad():
-            g_t = _class_gram(F.softmax(_scaled(teacher, temps), dim=-1))
-        return _cc_from_probs(p_s, g_t)
+    return _consistency(student, teacher, temperatures, _class_gram, _cc_from_probs)
 
 
 def batch_consistency(
@@ -274,12 +269,17 @@ def batch_consistency(
     Returns:
         ``(K,)`` tensor, float32 (float64 if an input is float64).
     """
+    return _consistency(student, teacher, temperatures, _batch_gram, _bc_from_probs)
+
+
+def _consistency(student, teacher, temperatures, gram, from_probs) -> Tensor:
+    """``from_probs(P_s, gram(P_t))`` per temperature, in float32 outside autocast."""
     student, teacher, temps = _prepare_pair(student, teacher, temperatures)
     with torch.autocast(device_type=student.device.type, enabled=False):
         p_s = F.softmax(_scaled(student, temps), dim=-1)
         with torch.no_grad():
-            h_t = _batch_gram(F.softmax(_scaled(teacher, temps), dim=-1))
-        return _bc_from_probs(p_s, h_t)
+            target_gram = gram(F.softmax(_scaled(teacher, temps), dim=-1))
+        return from_probs(p_s, target_gram)
 
 
 def _cc_from_probs(p_s: Tensor, g_t: Tensor) -> Tensor:

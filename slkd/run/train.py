@@ -1,7 +1,7 @@
 """slkd-train: mdistiller's training command, with SLD registered and slkd's trainer.
 
     slkd-train --cfg FILE [--resume] [--device cpu|cuda] [--smoke | --synthetic N] [--seed N]
-               [--deterministic] [--amp none|bf16|fp16] [--channels-last] [--compile] [--wandb] [KEY VALUE ...]
+               [--deterministic] [--amp none|bf16|fp16] [--channels-last] [--wandb] [KEY VALUE ...]
 
 The grammar is that of mdistiller's ``tools/train.py`` (``--cfg``, ``--resume``, trailing
 ``KEY VALUE`` overrides), so its configs and habits carry over; no patch and no
@@ -49,7 +49,6 @@ def parse_args(argv=None):
     parser.add_argument("--deterministic", action="store_true", help="sets SLKD.DETERMINISTIC")
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None, help="sets SLKD.AMP")
     parser.add_argument("--channels-last", action="store_true", help="sets SLKD.CHANNELS_LAST")
-    parser.add_argument("--compile", action="store_true", help="sets SLKD.COMPILE (torch.compile the networks)")
     parser.add_argument("--wandb", action="store_true", help="log to Weights & Biases (off by default)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     return parser.parse_args(argv)
@@ -68,8 +67,6 @@ def build_config(args, host_cfg):
         cfg.SLKD.AMP = args.amp
     if args.channels_last:
         cfg.SLKD.CHANNELS_LAST = True
-    if args.compile:
-        cfg.SLKD.COMPILE = True
     cfg.LOG.WANDB = bool(args.wandb)
     if cfg.SOLVER.TRAINER != "slkd":
         print(f"[slkd] SOLVER.TRAINER {cfg.SOLVER.TRAINER!r} -> 'slkd': slkd-train runs every method with slkd's trainer", flush=True)
