@@ -293,3 +293,21 @@ def test_one_seed_gives_identical_losses_and_another_seed_does_not(host, in_tmp,
         losses[name] = [[json.loads(line)[key] for key in ("loss_ce", "loss_kd", "test_loss")] for line in lines]
     assert losses["a"] == losses["b"]
     assert losses["a"] != losses["c"]
+
+
+@pytest.mark.host
+def test_deterministic_runs_repeat_exactly_with_loader_workers(host, in_tmp):
+    """--deterministic: torch's deterministic algorithms, seeded loader workers (in a
+    subprocess: the setting is global to the process)."""
+    config = str(CONFIGS / "cifar100" / "sld" / "res56_res20.yaml")
+    losses = []
+    for name in ("a", "b"):
+        command = [sys.executable, "-m", "slkd.run.train", "--cfg", config, "--smoke", "--device", "cpu",
+                   "--deterministic", "SLKD.LOADER.WORKERS", "2", "LOG.PREFIX", name]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-2000:]
+        metrics = next(Path(name).rglob("metrics.jsonl")).read_text().splitlines()
+        config_dump = next(Path(name).rglob("config.yaml")).read_text()
+        assert "DETERMINISTIC: true" in config_dump
+        losses.append([[json.loads(line)[key] for key in ("loss_ce", "loss_kd", "test_loss")] for line in metrics])
+    assert losses[0] == losses[1]

@@ -306,7 +306,7 @@ class SLKDTrainer:
             return
         folder = self.run_folder
         state = self._state(epoch)
-        student = {"model": _plain_state(self.student)}
+        student = {"model": self.student.state_dict()}
         checkpoint.save_latest(state, folder, "latest")
         checkpoint.save_atomic(student, folder / "student_latest")
         if improved:
@@ -450,15 +450,15 @@ def _device_of(module) -> torch.device:
     return torch.device("cpu")
 
 
-def _plain_state(module) -> dict:
-    """``state_dict`` without DDP's ``module.`` infixes, loadable in any number of processes."""
-    return {key.replace("module.", "", 1) if key.startswith("module.") else key.replace(".module.", ".", 1) if ".module." in key and _is_ddp_key(module, key) else key: value for key, value in module.state_dict().items()}
-
-
-def _is_ddp_key(module, key: str) -> bool:
-    owner = key.split(".module.", 1)[0]
-    sub = module.get_submodule(owner) if owner else module
-    return isinstance(sub, torch.nn.parallel.DistributedDataParallel)
+def _plain_state(distiller) -> dict:
+    """``distiller.state_dict()`` without DDP's ``module.`` in the student's keys, so that a
+    checkpoint loads in any number of processes."""
+    wrapped = isinstance(distiller.student, torch.nn.parallel.DistributedDataParallel)
+    prefix = "student.module."
+    return {
+        ("student." + key[len(prefix):] if wrapped and key.startswith(prefix) else key): value
+        for key, value in distiller.state_dict().items()
+    }
 
 
 def _load_plain_state(distiller, state: dict) -> None:

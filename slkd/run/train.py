@@ -85,7 +85,8 @@ def _shrink_for_smoke(cfg) -> None:
     cfg.SOLVER.BATCH_SIZE = min(cfg.SOLVER.BATCH_SIZE, SMOKE_BATCH)
     cfg.DATASET.TEST.BATCH_SIZE = min(cfg.DATASET.TEST.BATCH_SIZE, SMOKE_TEST_IMAGES)
     cfg.SLD.GAMMA = 1
-    cfg.SLKD.LOADER.WORKERS = 0
+    if cfg.SLKD.LOADER.WORKERS < 0:  # auto: no worker processes for a few images
+        cfg.SLKD.LOADER.WORKERS = 0
     cfg.LOG.PREFIX = os.path.join(cfg.LOG.PREFIX, "smoke")
 
 
