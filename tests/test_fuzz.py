@@ -4,7 +4,6 @@ documented errors (ConfigError; ValueError/TypeError from the loss) ever comes o
 import math
 import warnings
 
-import pytest
 import torch
 import yaml
 from hypothesis import HealthCheck, given, settings

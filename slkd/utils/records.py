@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 from pathlib import Path
 
 import torch
