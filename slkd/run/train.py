@@ -215,9 +215,10 @@ def run(argv=None) -> float:
     device_type = resolve_device(args.device)
     configure_backends(cfg, device_type)
     context = distributed.init(device_type)
-    if args.resume:
-        _check_resumable(cfg, list(args.opts))
+    name = experiment_name(cfg, list(args.opts))
     try:
+        if args.resume:
+            _check_resumable(os.path.join(cfg.LOG.PREFIX, name))
         seed_everything(int(cfg.SLKD.SEED), epoch=0)  # the student's (and a random teacher's) initial weights
         synthetic = synthetic_sizes(args, cfg)
         train_set, test_set, num_classes = datasets(host, cfg, synthetic)
@@ -226,9 +227,9 @@ def run(argv=None) -> float:
         if context.is_main:
             _print_batch_and_lr(cfg, context)
             if cfg.LOG.WANDB:
-                _start_wandb(cfg, experiment_name(cfg, list(args.opts)))
+                _start_wandb(cfg, name)
         trainer = SLKDTrainer(
-            experiment_name(cfg, list(args.opts)),
+            name,
             distiller,
             _AsLoader(train_set),
             _AsLoader(test_set),
@@ -242,11 +243,10 @@ def run(argv=None) -> float:
         distributed.shutdown()
 
 
-def _check_resumable(cfg, opts) -> None:
+def _check_resumable(folder: str) -> None:
     """Fail in the first second, before data and models load, when --resume has nothing to resume."""
     from slkd.utils.checkpoint import CheckpointError
 
-    folder = os.path.join(cfg.LOG.PREFIX, experiment_name(cfg, opts))
     if not any(os.path.isfile(os.path.join(folder, name)) for name in ("latest", "latest.prev")):
         raise CheckpointError(
             f"--resume found no usable checkpoint in {folder}: neither latest nor latest.prev exists. "

@@ -61,11 +61,6 @@ def all_reduce_sum(tensor: torch.Tensor, context: DistContext) -> torch.Tensor:
     return tensor
 
 
-def barrier(context: DistContext) -> None:
-    if context.distributed:
-        dist.barrier()
-
-
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
