@@ -7,6 +7,12 @@ megvii-research/mdistiller a08d46f, or the MLKD fork), or install one with ``pip
 import os
 
 import pytest
+import torch
+
+# Without a GPU the fused Triton loss runs in Triton's CPU interpreter, which must be chosen
+# before slkd.losses.sld_fused is imported (tests/test_losses_sld_fused.py).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 NO_HOST_REASON = (
     "mdistiller is not importable: set SLKD_MDISTILLER_PATH to an mdistiller checkout "

@@ -14,6 +14,7 @@ Nodes added to mdistiller's ``CFG`` by :func:`slkd.register`:
     AMP               "none"   "none" | "bf16" | "fp16" (fp16 uses a gradient scaler)
     CHANNELS_LAST     False    channels-last memory format for the networks and images
     SYNC_BN           False    SyncBatchNorm for the student under torchrun
+    FUSED_LOSS        False    SLD's loss as two fused Triton kernels (CUDA; same values)
     EVAL_FREQ         1        evaluate every N epochs (and always at the last one)
     LOADER.WORKERS    -1       train loader workers per process; -1: sized to the machine
     LOADER.PIN_MEMORY True
@@ -65,6 +66,7 @@ def slkd_node() -> CN:
     node.AMP = "none"
     node.CHANNELS_LAST = False
     node.SYNC_BN = False
+    node.FUSED_LOSS = False
     node.EVAL_FREQ = 1
     node.LOADER = CN()
     node.LOADER.WORKERS = -1
@@ -113,6 +115,12 @@ def validate_run_options(cfg: CN) -> None:
         raise ConfigError(f"SLKD.AMP is {cfg.SLKD.AMP!r}: choose one of {', '.join(AMP_MODES)}")
     if cfg.SLKD.EVAL_FREQ < 1:
         raise ConfigError(f"SLKD.EVAL_FREQ is {cfg.SLKD.EVAL_FREQ}: it must be 1 or more")
+    if cfg.SLKD.FUSED_LOSS:
+        from slkd.losses.sld_fused import fused_available
+
+        reason = fused_available()
+        if reason:
+            raise ConfigError(f"SLKD.FUSED_LOSS is True but {reason}; or set SLKD.FUSED_LOSS False")
 
 
 def load_config(base: CN, path: str | Path | None, opts: list[str]) -> CN:

@@ -48,6 +48,7 @@ class SLD(Distiller):
             teacher_swap=bool(node.TEACHER_SWAP),
             student_swap=bool(node.STUDENT_SWAP),
             detach_pseudo_teacher=bool(node.DETACH_PSEUDO_TEACHER),
+            fused=bool(cfg.SLKD.FUSED_LOSS) if "SLKD" in cfg else False,
         )
         self.step_stats: dict[str, torch.Tensor] = {}
 

@@ -56,6 +56,7 @@ class SLKDTrainer:
         distiller = _unwrap_data_parallel(distiller)
         self.context = context or DistContext(device=_device_of(distiller))
         self.device = self.context.device
+        _check_fused_loss_device(cfg, self.device)
         self.num_views = int(getattr(distiller, "num_views", 1))
         self.channels_last = bool(cfg.SLKD.CHANNELS_LAST)
         self.distiller = distiller.to(self.device)
@@ -430,6 +431,19 @@ def seed_everything(seed: int, epoch: int) -> None:
     random.seed(mixed)
     np.random.seed(mixed)
     torch.manual_seed(mixed)
+
+
+def _check_fused_loss_device(cfg, device) -> None:
+    """ConfigError unless the fused SLD loss can run on ``device``."""
+    if not cfg.SLKD.FUSED_LOSS or device.type == "cuda":
+        return
+    from slkd.losses.sld_fused import INTERPRETED
+
+    if not INTERPRETED:
+        raise ConfigError(
+            f"SLKD.FUSED_LOSS runs on CUDA devices, this run is on {device.type}: set SLKD.FUSED_LOSS "
+            "False (or drop --fused-loss)"
+        )
 
 
 def _unwrap_data_parallel(distiller):

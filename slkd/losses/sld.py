@@ -90,6 +90,7 @@ def sld_terms(
     teacher_swap: bool = True,
     pseudo_teacher: bool = True,
     detach_pseudo_teacher: bool = False,
+    fused: bool = False,
 ) -> SLDTerms:
     """Per-row ``L_TS`` and ``L_SS`` (see the module docstring).
 
@@ -102,6 +103,8 @@ def sld_terms(
             multi-temperature KD against the raw teacher).
         pseudo_teacher: compute ``L_SS``; when False, ``student_swap`` is zeros.
         detach_pseudo_teacher: treat ``p_T(swap(z, y))`` as a constant in ``L_SS``.
+        fused: compute with the two Triton kernels of :mod:`slkd.losses.sld_fused` (CUDA
+            tensors; the same values up to float rounding, two launches instead of dozens).
     """
     _check_logits_and_target(student_logits, target)
     if teacher_logits.shape != student_logits.shape:
@@ -112,6 +115,11 @@ def sld_terms(
     _check_temperatures_tensor(temperatures)
     compute_dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
     device_type = student_logits.device.type
+    if fused:
+        return _fused_terms(
+            student_logits, teacher_logits, target, temperatures.to(compute_dtype),
+            teacher_swap, pseudo_teacher, detach_pseudo_teacher,
+        )  # fmt: skip
     with torch.autocast(device_type=device_type, enabled=False):
         teacher = teacher_logits.detach().to(compute_dtype)
         target = target.long()
@@ -128,6 +136,23 @@ def sld_terms(
         )
     swapped = torch.stack((teacher_top, student_top)).ne(target).sum(dim=1, dtype=compute_dtype)
     teacher_rate, student_rate = (swapped / target.shape[0]).unbind()
+    return SLDTerms(
+        teacher_swap=ts_rows,
+        student_swap=ss_rows,
+        teacher_swap_rate=teacher_rate,
+        student_swap_rate=student_rate,
+    )
+
+
+def _fused_terms(student_logits, teacher_logits, target, temperatures, teacher_swap, pseudo_teacher, detach):
+    from slkd.losses.sld_fused import FusedSwappedKL, check_fused_inputs
+
+    check_fused_inputs(student_logits)
+    terms, swapped = FusedSwappedKL.apply(
+        student_logits, teacher_logits, target, temperatures, teacher_swap, pseudo_teacher, detach
+    )
+    teacher_rate, student_rate = swapped.mean(dim=1).unbind()
+    ts_rows, ss_rows = terms.unbind()
     return SLDTerms(
         teacher_swap=ts_rows,
         student_swap=ss_rows,
@@ -211,6 +236,7 @@ def sld_loss(
     teacher_swap: bool = True,
     student_swap: bool = True,
     detach_pseudo_teacher: bool = False,
+    fused: bool = False,
 ) -> torch.Tensor:
     """SLD loss of one view, unweighted: ``mean_rows(L_TS + [epoch > gamma] L_SS)``.
 
@@ -224,6 +250,7 @@ def sld_loss(
         teacher_swap: False gives plain multi-temperature KD against the raw teacher.
         student_swap: False never adds ``L_SS``.
         detach_pseudo_teacher: stop the gradient through the swapped student target.
+        fused: use the fused Triton kernels (see :func:`sld_terms`).
 
     Returns:
         0-d float32 tensor (float64 for float64 inputs).
@@ -237,6 +264,7 @@ def sld_loss(
         teacher_swap=teacher_swap,
         pseudo_teacher=student_swap and epoch > gamma,
         detach_pseudo_teacher=detach_pseudo_teacher,
+        fused=fused,
     )
     return (terms.teacher_swap + terms.student_swap).mean()
 
@@ -245,7 +273,8 @@ class SLDLoss(nn.Module):
     """:func:`sld_loss` with its settings held, e.g. ``SLDLoss(gamma=150)(z, t, y, epoch)``.
 
     The temperatures live in a non-persistent buffer, so they follow ``.to(device)`` and
-    cost no host-to-device copy per call.
+    cost no host-to-device copy per call. ``fused=True`` computes with the Triton kernels of
+    :mod:`slkd.losses.sld_fused` (CUDA tensors).
     """
 
     def __init__(
@@ -255,6 +284,7 @@ class SLDLoss(nn.Module):
         teacher_swap: bool = True,
         student_swap: bool = True,
         detach_pseudo_teacher: bool = False,
+        fused: bool = False,
     ) -> None:
         super().__init__()
         self.register_buffer(
@@ -264,6 +294,7 @@ class SLDLoss(nn.Module):
         self.teacher_swap = bool(teacher_swap)
         self.student_swap = bool(student_swap)
         self.detach_pseudo_teacher = bool(detach_pseudo_teacher)
+        self.fused = bool(fused)
 
     def pseudo_teacher_on(self, epoch: int) -> bool:
         """Whether ``L_SS`` is part of the loss at ``epoch``."""
@@ -279,6 +310,7 @@ class SLDLoss(nn.Module):
             teacher_swap=self.teacher_swap,
             pseudo_teacher=self.pseudo_teacher_on(epoch),
             detach_pseudo_teacher=self.detach_pseudo_teacher,
+            fused=self.fused,
         )
 
     def forward(self, student_logits, teacher_logits, target, epoch: int) -> torch.Tensor:
@@ -290,7 +322,7 @@ class SLDLoss(nn.Module):
         return (
             f"temperatures=({temps}), gamma={self.gamma}, teacher_swap={self.teacher_swap}, "
             f"student_swap={self.student_swap}, "
-            f"detach_pseudo_teacher={self.detach_pseudo_teacher}"
+            f"detach_pseudo_teacher={self.detach_pseudo_teacher}, fused={self.fused}"
         )
 
 

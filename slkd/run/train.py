@@ -49,6 +49,7 @@ def parse_args(argv=None):
     parser.add_argument("--deterministic", action="store_true", help="sets SLKD.DETERMINISTIC")
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None, help="sets SLKD.AMP")
     parser.add_argument("--channels-last", action="store_true", help="sets SLKD.CHANNELS_LAST")
+    parser.add_argument("--fused-loss", action="store_true", help="sets SLKD.FUSED_LOSS (SLD's loss in two Triton kernels; CUDA)")
     parser.add_argument("--wandb", action="store_true", help="log to Weights & Biases (off by default)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     return parser.parse_args(argv)
@@ -67,6 +68,8 @@ def build_config(args, host_cfg):
         cfg.SLKD.AMP = args.amp
     if args.channels_last:
         cfg.SLKD.CHANNELS_LAST = True
+    if args.fused_loss:
+        cfg.SLKD.FUSED_LOSS = True
     cfg.LOG.WANDB = bool(args.wandb)
     if cfg.SOLVER.TRAINER != "slkd":
         print(f"[slkd] SOLVER.TRAINER {cfg.SOLVER.TRAINER!r} -> 'slkd': slkd-train runs every method with slkd's trainer", flush=True)
