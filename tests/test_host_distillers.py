@@ -423,3 +423,24 @@ def test_mlkd_one_step(host):
     assert any(not torch.equal(p.detach(), before[n]) for n, p in distiller.student.named_parameters())
     assert all(torch.equal(distiller.teacher.state_dict()[n], v) for n, v in teacher_before.items())
     assert not distiller.teacher.training
+
+
+def test_fused_loss_gives_the_same_step(host):
+    """SLKD.FUSED_LOSS: the distiller computes its loss with the fused kernels (Triton's CPU
+    interpreter here) and the step equals the eager one to float rounding."""
+    results = {}
+    for fused in (False, True):
+        distiller, _ = _small_distiller(host, ["SLKD.FUSED_LOSS", str(fused)])
+        assert distiller.criterion.fused is fused
+        weak, strong, target = _views(6, seed=9)
+        _, losses = distiller(image_weak=weak, image_strong=strong, target=target, epoch=151)
+        sum(losses.values()).backward()
+        grads = {name: p.grad.clone() for name, p in distiller.student.named_parameters()}
+        results[fused] = (losses, dict(distiller.step_stats), grads)
+    (eager_losses, eager_stats, eager_grads), (losses, stats, grads) = results[False], results[True]
+    for name in ("loss_ce", "loss_kd"):
+        torch.testing.assert_close(losses[name], eager_losses[name], rtol=1e-5, atol=1e-6)
+    for name in eager_stats:
+        torch.testing.assert_close(stats[name], eager_stats[name], rtol=1e-5, atol=1e-6)
+    for name in grads:
+        torch.testing.assert_close(grads[name], eager_grads[name], rtol=1e-4, atol=1e-6, msg=name)

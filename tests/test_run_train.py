@@ -311,3 +311,32 @@ def test_deterministic_runs_repeat_exactly_with_loader_workers(host, in_tmp):
         assert "DETERMINISTIC: true" in config_dump
         losses.append([[json.loads(line)[key] for key in ("loss_ce", "loss_kd", "test_loss")] for line in metrics])
     assert losses[0] == losses[1]
+
+
+@pytest.mark.host
+def test_fused_loss_run_matches_the_eager_run(host, in_tmp, capsys):
+    """--fused-loss (Triton's CPU interpreter here, compiled on a GPU) trains the same run as
+    the eager loss, to float rounding, and records SLKD.FUSED_LOSS in config.yaml."""
+    small = ["--cfg", str(CONFIGS / "cifar100" / "sld" / "res56_res20.yaml"), "--smoke", "--device", "cpu"]
+    metrics = {}
+    for name, extra in (("eager", []), ("fused", ["--fused-loss"])):
+        assert _main(small + extra + ["LOG.PREFIX", name]) == 0
+        metrics[name] = [json.loads(line) for line in next(Path(name).rglob("metrics.jsonl")).read_text().splitlines()]
+    assert "FUSED_LOSS: true" in next(Path("fused").rglob("config.yaml")).read_text()
+    for eager, fused in zip(metrics["eager"], metrics["fused"], strict=True):
+        for key in ("loss_ce", "loss_kd", "sld_teacher_term", "sld_student_term", "teacher_swap_rate", "test_loss"):
+            assert fused[key] == pytest.approx(eager[key], rel=1e-4, abs=1e-6), key
+    assert metrics["fused"][1]["sld_student_term"] > 0  # the pseudo-teacher term ran fused too
+
+
+@pytest.mark.host
+def test_fused_loss_without_a_gpu_is_one_line(host, in_tmp):
+    """Outside Triton's interpreter the fused loss needs CUDA: one line naming the fix (in a
+    subprocess: the interpreter is chosen when slkd.losses.sld_fused is imported)."""
+    command = [sys.executable, "-m", "slkd.run.train", *SMOKE, "--fused-loss"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=dict(os.environ, TRITON_INTERPRET="0"))
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("slkd-train: error: SLKD.FUSED_LOSS runs on CUDA devices")
+    assert "--fused-loss" in result.stderr
+    assert not Path("output").exists()
