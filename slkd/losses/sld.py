@@ -121,21 +121,16 @@ def sld_terms(
             teacher_swap, pseudo_teacher, detach_pseudo_teacher,
         )  # fmt: skip
     with torch.autocast(device_type=device_type, enabled=False):
-        teacher = teacher_logits.detach().to(compute_dtype)
-        target = target.long()
-        teacher_top = teacher.argmax(dim=1)
-        if teacher_swap:
-            teacher = teacher.gather(1, _swap_permutation(teacher, target, teacher_top))
-        ts_rows, ss_rows, student_top = _SwappedKL.apply(
+        ts_rows, ss_rows, top = _SwappedKL.apply(
             student_logits,
-            teacher,
+            teacher_logits,
             target,
             temperatures.to(compute_dtype),
+            teacher_swap,
             pseudo_teacher,
             detach_pseudo_teacher,
         )
-    swapped = torch.stack((teacher_top, student_top)).ne(target).sum(dim=1, dtype=compute_dtype)
-    teacher_rate, student_rate = (swapped / target.shape[0]).unbind()
+    student_rate, teacher_rate = (top.ne(target).sum(dim=1, dtype=compute_dtype) / target.shape[0]).unbind()
     return SLDTerms(
         teacher_swap=ts_rows,
         student_swap=ss_rows,
@@ -162,67 +157,77 @@ def _fused_terms(student_logits, teacher_logits, target, temperatures, teacher_s
 
 
 class _SwappedKL(torch.autograd.Function):
-    """Per-row ``sum_T T^2 KL(p_T(teacher) || p_T(z))`` and the closed form of ``L_SS``.
+    """Per-row ``L_TS`` and ``L_SS`` with a closed-form gradient, all temperatures at once.
 
-    Forward returns ``(ts_rows (N,), ss_rows (N,), argmax z (N,))``; backward returns the
-    gradient for ``z`` only, in ``z``'s dtype.
+    ``apply(student (M, C), teacher (M, C), target (M,), temperatures (K,), teacher_swap,
+    pseudo_teacher, detach)`` returns ``L_TS`` and ``L_SS`` per row, ``(M,)`` each (``L_SS``
+    zeros when ``pseudo_teacher`` is False), and ``top (2, M)``, the student's and the teacher's
+    argmax (first index on ties). Student and teacher are stacked into one ``(2, M, C)``
+    tensor, the teacher swapped in place with two scatters, and one log-softmax covers both
+    networks and all temperatures, ``(2, K, M, C)``. With ``q = p_T(z)``, ``p`` the swapped
+    teacher's, ``a_T = q_m - q_y`` and ``d = z_m - z_y`` (so ``log q_m - log q_y = d / T``)::
+
+        L_TS = sum_T T^2 sum_c p (log p - log q)      dL_TS/dz = sum_T T (q - p)
+        L_SS = d sum_T T a_T
+        dL_SS/dz = -d sum_T a_T q + e_m (d sum_T q_m + sum_T T a_T) - e_y (d sum_T q_y + sum_T T a_T)
+
+    and with the pseudo-teacher detached ``dL_SS/dz = sum_T T a_T (e_m - e_y)``. The gradient
+    flows to ``student`` only, in its dtype.
     """
 
     @staticmethod
-    def forward(ctx, student, teacher, target, temperatures, pseudo_teacher, detach):
-        z = student.detach().to(teacher.dtype)
-        inv_t = temperatures.reciprocal().view(-1, 1, 1)
-        t_squared = (temperatures * temperatures).view(-1, 1)
-        log_q = torch.log_softmax(z.unsqueeze(0) * inv_t, dim=-1)  # (K, N, C)
-        log_p = torch.log_softmax(teacher.unsqueeze(0) * inv_t, dim=-1)
-        p = log_p.exp()
-        q = log_q.exp()
-        ts_rows = (t_squared * (p * (log_p - log_q)).sum(-1)).sum(0)
-
-        top = z.argmax(dim=1)
+    def forward(ctx, student, teacher, target, temperatures, teacher_swap, pseudo_teacher, detach):
+        num_rows = student.shape[0]
+        target = target.long()
+        logits = torch.stack((student.detach(), teacher.detach())).to(temperatures.dtype)  # (2, M, C)
+        top_value, top = logits.max(dim=2)  # (2, M): first index on ties
+        label_value = logits.gather(2, target.view(1, -1, 1).expand(2, num_rows, 1))  # (2, M, 1)
+        if teacher_swap:
+            teacher_row = logits[1]
+            teacher_row.scatter_(1, top[1].view(-1, 1), label_value[1])
+            teacher_row.scatter_(1, target.view(-1, 1), top_value[1].view(-1, 1))
+        log_probs = torch.log_softmax(logits.unsqueeze(1) / temperatures.view(1, -1, 1, 1), dim=-1)
+        probs = log_probs.exp()  # (2, K, M, C): [0] student q, [1] swapped teacher p
+        kl = (probs[1] * (log_probs[1] - log_probs[0])).sum(dim=-1)  # (K, M)
+        ts_rows = torch.mv(kl.t(), temperatures * temperatures)
+        index = gap = q_pair = gap_prob = t_gap = None
         if pseudo_teacher:
-            index = torch.stack((top, target), dim=1).unsqueeze(0).expand(log_q.shape[0], -1, -1)
-            log_qmy = log_q.gather(-1, index)  # (K, N, 2): columns m and y
-            q_my = log_qmy.exp()
-            gap_p = q_my[..., 0] - q_my[..., 1]  # q_m - q_y, zero where m == y
-            gap_log = log_qmy[..., 0] - log_qmy[..., 1]
-            ss_rows = (t_squared * gap_p * gap_log).sum(0)
+            gap = top_value[0] - label_value[0, :, 0]  # z_m - z_y
+            index = torch.stack((top[0], target), dim=1)  # (M, 2): columns m and y
+            q_pair = probs[0].gather(-1, index.expand(temperatures.shape[0], -1, -1))  # (K, M, 2)
+            gap_prob = q_pair[..., 0] - q_pair[..., 1]  # a_T, (K, M)
+            t_gap = torch.mv(gap_prob.t(), temperatures)  # sum_T T a_T
+            ss_rows = gap * t_gap
         else:
-            q_my = gap_p = gap_log = None
             ss_rows = torch.zeros_like(ts_rows)
-
         ctx.pseudo_teacher = pseudo_teacher
         ctx.detach = detach
         ctx.student_dtype = student.dtype
-        ctx.save_for_backward(p, q, temperatures, top, target, q_my, gap_p, gap_log)
+        ctx.save_for_backward(probs, temperatures, index, gap, q_pair, gap_prob, t_gap)
         ctx.mark_non_differentiable(top)
         return ts_rows, ss_rows, top
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_ts, grad_ss, _grad_top):
-        p, q, temperatures, top, target, q_my, gap_p, gap_log = ctx.saved_tensors
-        temp = temperatures.view(-1, 1, 1)
-        grad_ts = grad_ts.to(q.dtype).view(1, -1, 1)
-        # d/dz sum_T T^2 KL(p || q_T) = sum_T T (q_T - p_T)
-        q_coeff = grad_ts
+        probs, temperatures, index, gap, q_pair, gap_prob, t_gap = ctx.saved_tensors
+        grad_ts, grad_ss = grad_ts.to(probs.dtype), grad_ss.to(probs.dtype)
+        # dense part: sum_T (w_q q_T + w_p p_T), w_q = T g_ts - g_ss d a_T, w_p = -T g_ts
+        scaled = torch.outer(temperatures, grad_ts)  # (K, M)
+        q_weight = scaled
         if ctx.pseudo_teacher and not ctx.detach:
-            # d/dz T^2 a b = T [-a b q + (b q_m + a) e_m - (b q_y + a) e_y],
-            # a = q_m - q_y, b = log q_m - log q_y
-            q_coeff = grad_ts - (grad_ss.to(q.dtype) * gap_p * gap_log).unsqueeze(-1)
-        grad = (temp * (q_coeff * q - grad_ts * p)).sum(0)
+            q_weight = torch.addcmul(scaled, gap_prob, grad_ss * gap, value=-1.0)
+        weights = torch.stack((q_weight, scaled.neg()))  # (2, K, M)
+        grad = (weights.unsqueeze(-1) * probs).sum(dim=(0, 1))
         if ctx.pseudo_teacher:
-            g = grad_ss.to(q.dtype).view(1, -1)
-            t = temperatures.view(-1, 1)
             if ctx.detach:
-                # d/dz T^2 a.detach() b = T a (e_m - e_y)
-                coeff_top = coeff_label = (t * g * gap_p).sum(0)
+                coefficient = (grad_ss * t_gap).unsqueeze(1)  # the same for m and y
+                pair = torch.cat((coefficient, coefficient.neg()), dim=1)
             else:
-                coeff_top = (t * g * (gap_log * q_my[..., 0] + gap_p)).sum(0)
-                coeff_label = (t * g * (gap_log * q_my[..., 1] + gap_p)).sum(0)
-            grad.scatter_add_(1, top.view(-1, 1), coeff_top.view(-1, 1))
-            grad.scatter_add_(1, target.view(-1, 1), -coeff_label.view(-1, 1))
-        return grad.to(ctx.student_dtype), None, None, None, None, None
+                pair = torch.addcmul(t_gap.unsqueeze(1), q_pair.sum(dim=0), gap.unsqueeze(1))
+                pair = pair * torch.stack((grad_ss, grad_ss.neg()), dim=1)
+            grad.scatter_add_(1, index, pair)  # + at m, - at y (the two cancel when m == y)
+        return grad.to(ctx.student_dtype), None, None, None, None, None, None
 
 
 def sld_loss(
