@@ -100,3 +100,32 @@ def test_non_finite_loss_stops_with_epoch_iteration_terms_and_keeps_last_good_ch
         trainer.train()
     assert load(tmp_path / "tiny" / "run" / "latest")["epoch"] == 1
     assert [line["epoch"] for line in metrics(tmp_path)] == [1]
+
+
+def test_epoch_metrics_are_per_image_means_over_unequal_batches(tmp_path):
+    """24 images in batches of 10, 10 and 4: every term is weighted by its batch size and the
+    accuracies count hits over all images (checked against the steps' own outputs)."""
+    trainer = tiny_trainer(tiny_cfg(tmp_path, epochs=1, batch=10))
+    seen = []
+    step = trainer._step
+
+    def recording_step(images, target, extras, epoch):
+        losses, loss, logits = step(images, target, extras, epoch)
+        seen.append((float(loss.detach()), {k: float(v.detach()) for k, v in losses.items()}, logits.clone(), target.clone()))
+        return losses, loss, logits
+
+    trainer._step = recording_step
+    result = trainer.run_epoch(1)
+    assert [len(target) for *_, target in seen] == [10, 10, 4]
+    sizes = torch.tensor([len(target) for *_, target in seen], dtype=torch.float64)
+    expected_loss = float(sum(size * loss for size, (loss, *_rest) in zip(sizes, seen)) / sizes.sum())
+    assert result["train_loss"] == pytest.approx(expected_loss, rel=1e-6)
+    for name in ("loss_ce", "loss_kd"):
+        expected = float(sum(size * losses[name] for size, (_, losses, *_rest) in zip(sizes, seen)) / sizes.sum())
+        assert result[name] == pytest.approx(expected, rel=1e-6)
+    logits = torch.cat([entry[2] for entry in seen])
+    target = torch.cat([entry[3] for entry in seen])
+    ranks = (logits > logits.gather(1, target.view(-1, 1))).sum(dim=1)  # labels' rank, 0 = top
+    assert result["train_acc"] == pytest.approx(100.0 * float((ranks == 0).double().mean()))
+    assert result["train_acc_top5"] == pytest.approx(100.0 * float((ranks < 5).double().mean()))
+    assert result["train_images"] == 24

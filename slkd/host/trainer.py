@@ -32,6 +32,9 @@ from slkd.utils.distributed import DistContext, all_reduce_sum
 from slkd.utils.records import RunRecord, environment
 
 
+TOP_K = 5  # accuracies are reported at top-1 and top-5
+
+
 class NonFiniteLoss(FloatingPointError):
     """The loss became NaN or infinite; the message names epoch, iteration and loss terms."""
 
@@ -170,35 +173,35 @@ class SLKDTrainer:
 
     def _train_epoch(self, epoch: int) -> dict:
         self.distiller.train()
-        names, sums, correct, bad_row = None, None, None, None
-        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
-        iteration = torch.zeros((), dtype=torch.long, device=self.device)
-        images_seen = 0
+        names, rows, batch_sizes = None, None, []
         progress = _Progress(len(self.train_loader), f"epoch {epoch}", enabled=self.context.is_main)
-        for batch in self.train_loader:
+        for step, batch in enumerate(self.train_loader):
             images, target, extras = self._to_device(batch)
             losses, loss, logits = self._step(images, target, extras, epoch)
             stats = getattr(self.distiller, "step_stats", {})
             if names is None:
                 names = ["loss", *losses, *stats]
-            # one row of per-image means per step, summed on the device: a few kernels, no sync
-            row = torch.stack([_scalar(loss), *map(_scalar, losses.values()), *map(_scalar, stats.values())])
-            hit = (first_bad < 0) & ~torch.isfinite(row[0])
-            first_bad = torch.where(hit, iteration, first_bad)
-            bad_row = row if bad_row is None else torch.where(hit, row, bad_row)
-            iteration += 1
-            count = target.shape[0]
-            images_seen += count
-            sums = row * count if sums is None else sums + row * count
-            hits = _correct(logits, target)
-            correct = hits if correct is None else correct + hits
+                rows = torch.zeros((len(self.train_loader), len(names) + TOP_K), device=self.device)
+            # one row per step, written on the device (two kernels, no sync): the per-image
+            # means of the loss terms and statistics, then the hits at ranks 1..TOP_K
+            values = [loss, *losses.values(), *stats.values()]
+            torch.stack([_scalar(value) for value in values], out=rows[step, : len(names)])
+            _hits_by_rank(logits, target, out=rows[step, len(names) :])
+            batch_sizes.append(target.shape[0])
             progress.update()
         progress.close()
-        totals = torch.cat([sums, correct, torch.stack([first_bad.new_tensor(images_seen), (first_bad >= 0).long()]).float()])
+        rows = rows[: len(batch_sizes)]
+        weights = torch.tensor(batch_sizes, dtype=rows.dtype).to(self.device, non_blocking=True)
+        hits = rows[:, len(names) :].sum(dim=0)
+        finite = torch.isfinite(rows[:, 0])
+        totals = torch.cat([
+            weights @ rows[:, : len(names)],
+            torch.stack([hits[0], hits.sum(), weights.sum(), (~finite).sum().to(rows.dtype)]),
+        ])  # fmt: skip
         all_reduce_sum(totals, self.context)
         values = totals.tolist()
         if values[-1] > 0:
-            self._raise_non_finite(epoch, first_bad, bad_row[1 : 1 + len(losses)], losses)
+            self._raise_non_finite(epoch, rows, finite, losses)
         count = values[-2]
         result = {("train_loss" if name == "loss" else name): value / count for name, value in zip(names, values)}
         result["train_acc"] = 100.0 * values[len(names)] / count
@@ -212,7 +215,11 @@ class SLKDTrainer:
                 logits, losses = self.distiller(image_weak=images[0], image_strong=images[1], target=target, epoch=epoch)
             else:
                 logits, losses = self.distiller(image=images, target=target, epoch=epoch, **extras)
-        loss = sum(value.float().mean() for value in losses.values())
+        # mdistiller's sum of means; a 0-d term is its own mean (no kernel spent on it)
+        terms = [value.float() if value.dim() == 0 else value.float().mean() for value in losses.values()]
+        loss = terms[0]
+        for term in terms[1:]:
+            loss = loss + term
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -281,10 +288,16 @@ class SLKDTrainer:
             group["lr"] = lr
         return lr
 
-    def _raise_non_finite(self, epoch, first_bad, bad_terms, losses):
-        terms = ", ".join(f"{name}={value:.4g}" for name, value in zip(losses, bad_terms.tolist()))
+    def _raise_non_finite(self, epoch, rows, finite, losses):
+        bad = (~finite).nonzero()
+        if len(bad):
+            first = int(bad[0])
+            terms = ", ".join(f"{name}={value:.4g}" for name, value in zip(losses, rows[first, 1 : 1 + len(losses)].tolist()))
+            where = f"at iteration {first + 1} of {len(self.train_loader)} ({terms})"
+        else:
+            where = "in another process"
         raise NonFiniteLoss(
-            f"non-finite loss in epoch {epoch} at iteration {int(first_bad) + 1} of {len(self.train_loader)} ({terms}); the run "
+            f"non-finite loss in epoch {epoch} {where}; the run "
             f"stopped before saving this epoch, so {self.run_folder / 'latest'} still holds the "
             "last good epoch. Lower SOLVER.LR, check the inputs, or try SLKD.AMP none."
         )
@@ -413,9 +426,17 @@ class _Progress:
 
 def _correct(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``(2,)`` counts of rows whose label is the top-1 and among the top-5 predictions."""
-    k = min(5, logits.shape[1])
+    hits = torch.zeros(TOP_K, device=logits.device)
+    _hits_by_rank(logits, target, out=hits)
+    return torch.stack([hits[0], hits.sum()])
+
+
+def _hits_by_rank(logits: torch.Tensor, target: torch.Tensor, out: torch.Tensor) -> None:
+    """Write into ``out`` (``(TOP_K,)`` float) how many rows have their label at rank 1, 2, ...
+    of ``logits`` (zeros past the number of classes)."""
+    k = min(TOP_K, logits.shape[1])
     hits = logits.topk(k, dim=1).indices == target.view(-1, 1)
-    return torch.stack([hits[:, 0].sum(), hits.sum()]).float()
+    torch.sum(hits, dim=0, dtype=out.dtype, out=out[:k])
 
 
 def _scalar(value: torch.Tensor) -> torch.Tensor:
