@@ -63,11 +63,14 @@ class SLD(Distiller):
         student = [self.student(view)[0] for view in views]
         teacher = _teacher_logits(self.teacher, views)
         batch = target.shape[0]
-        loss_ce = self.ce_weight * sum(F.cross_entropy(z, target) for z in student)
+        student_rows = torch.cat(student) if len(views) > 1 else student[0]
+        targets = target.repeat(len(views))
+        # the views have equal sizes: views x the mean over all rows = the sum of per-view means
+        loss_ce = self.ce_weight * len(views) * F.cross_entropy(student_rows, targets)
         terms = self.criterion.terms(
-            torch.cat(student) if len(views) > 1 else student[0],
+            student_rows,
             torch.cat(teacher) if len(views) > 1 else teacher[0],
-            target.repeat(len(views)),
+            targets,
             epoch,
         )
         # sum over all rows of both views / batch = sum over views of the per-view mean
