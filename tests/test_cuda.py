@@ -42,7 +42,70 @@ def test_training_step_makes_no_host_device_sync(tmp_path, amp):
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(3):
-            losses, loss, _ = trainer._step(images, target, extras, epoch=2)
+            losses, loss, _, _ = trainer._step(images, target, extras, epoch=2)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(loss).item()
+
+
+@pytest.mark.parametrize("amp", ["none", "bf16"])
+@pytest.mark.parametrize("fused", [False, True])
+def test_fused_step_makes_no_host_device_sync(tmp_path, amp, fused):
+    cfg = tiny_cfg(tmp_path)
+    cfg.SLKD.AMP = amp
+    cfg.SLKD.FUSED_LOSS = fused
+    from slkd.utils.distributed import DistContext
+
+    trainer = tiny_trainer(cfg, context=DistContext(device=torch.device("cuda", 0)))
+    trainer.distiller.criterion.fused = fused
+    trainer.distiller.train()
+    images, target, extras = trainer._to_device(next(iter(trainer.train_loader)))
+    trainer._step(images, target, extras, epoch=2)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            _, loss, _, _ = trainer._step(images, target, extras, epoch=2)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(loss).item()
+
+
+@pytest.mark.parametrize("amp", ["none", "bf16"])
+def test_cuda_graph_training_equals_eager_training(tmp_path, amp):
+    """Real CUDA graphs: 4 epochs of batches 10, 10, 4 (new keys at epochs 2 and 3, a graph
+    for the small batch) give the eager run's metrics and weights, and replays make no sync."""
+    import json
+    from pathlib import Path
+
+    from slkd.utils.distributed import DistContext
+
+    runs = {}
+    for name in ("eager", "graphs"):
+        cfg = tiny_cfg(tmp_path / name, epochs=4, batch=10)
+        cfg.SLKD.AMP = amp
+        cfg.SLKD.CUDA_GRAPHS = name == "graphs"
+        trainer = tiny_trainer(cfg, context=DistContext(device=torch.device("cuda", 0)))
+        if name == "graphs":
+            trainer.step_graphs.warmup_steps = 1
+        trainer.train()
+        lines = (tmp_path / name / "tiny" / "run" / "metrics.jsonl").read_text().splitlines()
+        metrics = [{k: v for k, v in json.loads(line).items() if not k.endswith(("seconds", "per_second", "memory_mib"))} for line in lines]
+        runs[name] = (metrics, {k: v.detach().cpu().clone() for k, v in trainer.distiller.student.state_dict().items()}, trainer)
+    for eager, graphed in zip(runs["eager"][0], runs["graphs"][0], strict=True):
+        assert graphed.keys() == eager.keys()
+        for key in eager:
+            assert graphed[key] == pytest.approx(eager[key], rel=1e-5, abs=1e-6), key
+    for key, value in runs["eager"][1].items():
+        torch.testing.assert_close(runs["graphs"][1][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    trainer = runs["graphs"][2]
+    assert trainer.step_graphs.replays > 0
+    images, target, extras = trainer._to_device(next(iter(trainer.train_loader)))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            trainer._step(images, target, extras, epoch=4)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert Path(tmp_path / "graphs" / "tiny" / "run" / "summary.json").is_file()

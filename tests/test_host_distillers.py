@@ -444,3 +444,18 @@ def test_fused_loss_gives_the_same_step(host):
         torch.testing.assert_close(stats[name], eager_stats[name], rtol=1e-5, atol=1e-6)
     for name in grads:
         torch.testing.assert_close(grads[name], eager_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_graph_keys_name_what_the_step_depends_on(host):
+    """SLKD.CUDA_GRAPHS records one graph per key: SLD's step changes only when L_SS switches
+    on, MLKD's never."""
+    from slkd.host.distillers import MLKD
+    from slkd.host.graphs import graph_key
+
+    distiller, _ = _small_distiller(host, ["SLD.GAMMA", "150"])
+    assert [graph_key(distiller, epoch) for epoch in (1, 150, 151, 240)] == [False, False, True, True]
+    distiller, _ = _small_distiller(host, ["SLD.STUDENT_SWAP", "False"])
+    assert graph_key(distiller, 240) is False
+    cfg = _cfg(host, CONFIGS / "cifar100" / "mlkd" / "res32x4_res8x4.yaml", ["DISTILLER.TEACHER", "resnet20", "DISTILLER.STUDENT", "resnet8"])
+    teacher, student = _models(host, cfg)
+    assert graph_key(MLKD(student, teacher, cfg), 240) is None  # slkd's (the fork keeps its own)

@@ -340,3 +340,10 @@ def test_fused_loss_without_a_gpu_is_one_line(host, in_tmp):
     assert result.stderr.strip().splitlines()[-1].startswith("slkd-train: error: SLKD.FUSED_LOSS runs on CUDA devices")
     assert "--fused-loss" in result.stderr
     assert not Path("output").exists()
+
+
+@pytest.mark.host
+def test_cuda_graphs_without_a_gpu_is_one_line(host, in_tmp, capsys):
+    line = _one_line_error(capsys, _main(SMOKE + ["--cuda-graphs"]))
+    assert "SLKD.CUDA_GRAPHS records CUDA graphs, this run is on cpu" in line and "--cuda-graphs" in line
+    assert not Path("output").exists()

@@ -110,9 +110,9 @@ def test_epoch_metrics_are_per_image_means_over_unequal_batches(tmp_path):
     step = trainer._step
 
     def recording_step(images, target, extras, epoch):
-        losses, loss, logits = step(images, target, extras, epoch)
-        seen.append((float(loss.detach()), {k: float(v.detach()) for k, v in losses.items()}, logits.clone(), target.clone()))
-        return losses, loss, logits
+        losses, loss, logits, stats = step(images, target, extras, epoch)
+        seen.append((float(loss), {k: float(v) for k, v in losses.items()}, logits.clone(), target.clone()))
+        return losses, loss, logits, stats
 
     trainer._step = recording_step
     result = trainer.run_epoch(1)

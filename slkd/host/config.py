@@ -15,6 +15,7 @@ Nodes added to mdistiller's ``CFG`` by :func:`slkd.register`:
     CHANNELS_LAST     False    channels-last memory format for the networks and images
     SYNC_BN           False    SyncBatchNorm for the student under torchrun
     FUSED_LOSS        False    SLD's loss as two fused Triton kernels (CUDA; same values)
+    CUDA_GRAPHS       False    record the training step once, replay it as one CUDA graph
     EVAL_FREQ         1        evaluate every N epochs (and always at the last one)
     LOADER.WORKERS    -1       train loader workers per process; -1: sized to the machine
     LOADER.PIN_MEMORY True
@@ -67,6 +68,7 @@ def slkd_node() -> CN:
     node.CHANNELS_LAST = False
     node.SYNC_BN = False
     node.FUSED_LOSS = False
+    node.CUDA_GRAPHS = False
     node.EVAL_FREQ = 1
     node.LOADER = CN()
     node.LOADER.WORKERS = -1
@@ -115,6 +117,11 @@ def validate_run_options(cfg: CN) -> None:
         raise ConfigError(f"SLKD.AMP is {cfg.SLKD.AMP!r}: choose one of {', '.join(AMP_MODES)}")
     if cfg.SLKD.EVAL_FREQ < 1:
         raise ConfigError(f"SLKD.EVAL_FREQ is {cfg.SLKD.EVAL_FREQ}: it must be 1 or more")
+    if cfg.SLKD.CUDA_GRAPHS and cfg.SLKD.AMP == "fp16":
+        raise ConfigError(
+            "SLKD.CUDA_GRAPHS cannot record fp16 steps (the gradient scaler checks for infinities on the "
+            "host): use SLKD.AMP bf16 or none, or set SLKD.CUDA_GRAPHS False"
+        )
     if cfg.SLKD.FUSED_LOSS:
         from slkd.losses.sld_fused import fused_available
 

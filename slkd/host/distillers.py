@@ -57,6 +57,10 @@ class SLD(Distiller):
         """Views per batch this distiller expects from its trainer."""
         return 2 if self.strong_view else 1
 
+    def graph_key(self, epoch: int) -> bool:
+        """What of ``epoch`` the step depends on (for ``SLKD.CUDA_GRAPHS``): whether ``L_SS`` is on."""
+        return self.criterion.pseudo_teacher_on(epoch)
+
     def forward_train(self, image_weak=None, image_strong=None, target=None, **kwargs):
         epoch = _required_epoch(kwargs, "SLD")
         views = _views(self.strong_view, image_weak, image_strong, kwargs.get("image"), "SLD")
@@ -102,6 +106,10 @@ class MLKD(Distiller):
         self.ce_weight = float(cfg.KD.LOSS.CE_WEIGHT)
         self.kd_weight = float(cfg.KD.LOSS.KD_WEIGHT)
         self.step_stats: dict[str, torch.Tensor] = {}
+
+    def graph_key(self, epoch: int) -> None:
+        """The step does not depend on the epoch (for ``SLKD.CUDA_GRAPHS``)."""
+        return None
 
     def forward_train(self, image_weak=None, image_strong=None, target=None, **kwargs):
         weak, strong = _views(True, image_weak, image_strong, kwargs.get("image"), "MLKD")

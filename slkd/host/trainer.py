@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from slkd.host import data
+from slkd.host import data, graphs
 from slkd.host.config import ConfigError, validate_run_options
 from slkd.utils import checkpoint
 from slkd.utils.distributed import DistContext, all_reduce_sum
@@ -74,6 +74,7 @@ class SLKDTrainer:
         self.val_loader = data.test_loader(val_loader.dataset, cfg, **ranks)
 
         self.optimizer = self._optimizer()
+        self.step_graphs = self._step_graphs()
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.SLKD.AMP)
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.SLKD.AMP == "fp16" else None
         self.best_acc = -1.0
@@ -93,6 +94,16 @@ class SLKDTrainer:
             weight_decay=self.cfg.SOLVER.WEIGHT_DECAY,
             fused=self.device.type == "cuda" or None,  # one kernel for the update on a GPU
         )
+
+    def _step_graphs(self):
+        """:class:`slkd.host.graphs.StepGraphs` when ``SLKD.CUDA_GRAPHS`` is on, else None."""
+        if not self.cfg.SLKD.CUDA_GRAPHS:
+            return None
+        if self.device.type != "cuda":
+            raise ConfigError(f"SLKD.CUDA_GRAPHS records CUDA graphs, this run is on {self.device.type}: set SLKD.CUDA_GRAPHS False (or drop --cuda-graphs)")
+        if self.context.distributed:
+            raise ConfigError("SLKD.CUDA_GRAPHS is not available under torchrun yet (DDP's gradient hooks are not recorded): set SLKD.CUDA_GRAPHS False")
+        return graphs.StepGraphs(graphs.CudaGraphBackend(self.device))
 
     def _wrap_student_for_ddp(self):
         if not self.context.distributed:
@@ -177,8 +188,7 @@ class SLKDTrainer:
         progress = _Progress(len(self.train_loader), f"epoch {epoch}", enabled=self.context.is_main)
         for step, batch in enumerate(self.train_loader):
             images, target, extras = self._to_device(batch)
-            losses, loss, logits = self._step(images, target, extras, epoch)
-            stats = getattr(self.distiller, "step_stats", {})
+            losses, loss, logits, stats = self._step(images, target, extras, epoch)
             if names is None:
                 names = ["loss", *losses, *stats]
                 rows = torch.zeros((len(self.train_loader), len(names) + TOP_K), device=self.device)
@@ -210,7 +220,18 @@ class SLKDTrainer:
         return result
 
     def _step(self, images, target, extras, epoch):
-        with self._autocast():
+        """One training step: ``(losses, loss, logits, stats)``, all detached, on the device.
+
+        With ``SLKD.CUDA_GRAPHS`` it is run, recorded or replayed by :attr:`step_graphs`.
+        """
+        if self.step_graphs is None:
+            return self._eager_step(images, target, extras, epoch)
+        key = (graphs.graph_key(self.distiller, epoch), tuple(group["lr"] for group in self.optimizer.param_groups))
+        return self.step_graphs.run(key, (images, target, extras), lambda *batch: self._eager_step(*batch, epoch))
+
+    def _eager_step(self, images, target, extras, epoch):
+        recording = self.step_graphs is not None
+        with self._autocast(cache_enabled=not recording):  # a graph cannot keep autocast's cast cache
             if self.num_views == 2:
                 logits, losses = self.distiller(image_weak=images[0], image_strong=images[1], target=target, epoch=epoch)
             else:
@@ -220,7 +241,8 @@ class SLKDTrainer:
         loss = terms[0]
         for term in terms[1:]:
             loss = loss + term
-        self.optimizer.zero_grad(set_to_none=True)
+        # under graphs the gradients stay the same tensors from step to step (zeroed, not freed)
+        self.optimizer.zero_grad(set_to_none=not recording)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -228,7 +250,8 @@ class SLKDTrainer:
         else:
             loss.backward()
             self.optimizer.step()
-        return losses, loss, logits.detach()
+        stats = {name: value.detach() for name, value in getattr(self.distiller, "step_stats", {}).items()}
+        return {name: value.detach() for name, value in losses.items()}, loss.detach(), logits.detach(), stats
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -249,10 +272,10 @@ class SLKDTrainer:
         return {"test_acc": 100.0 * top1 / count, "test_acc_top5": 100.0 * top5 / count, "test_loss": loss / count}
 
     # ----------------------------------------------------------------- pieces
-    def _autocast(self):
+    def _autocast(self, cache_enabled=True):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, cache_enabled=cache_enabled)
 
     def _to_device(self, batch):
         images, target = batch[0], batch[1]

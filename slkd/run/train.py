@@ -50,6 +50,7 @@ def parse_args(argv=None):
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None, help="sets SLKD.AMP")
     parser.add_argument("--channels-last", action="store_true", help="sets SLKD.CHANNELS_LAST")
     parser.add_argument("--fused-loss", action="store_true", help="sets SLKD.FUSED_LOSS (SLD's loss in two Triton kernels; CUDA)")
+    parser.add_argument("--cuda-graphs", action="store_true", help="sets SLKD.CUDA_GRAPHS (the training step replayed as one CUDA graph)")
     parser.add_argument("--wandb", action="store_true", help="log to Weights & Biases (off by default)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     return parser.parse_args(argv)
@@ -70,6 +71,8 @@ def build_config(args, host_cfg):
         cfg.SLKD.CHANNELS_LAST = True
     if args.fused_loss:
         cfg.SLKD.FUSED_LOSS = True
+    if args.cuda_graphs:
+        cfg.SLKD.CUDA_GRAPHS = True
     cfg.LOG.WANDB = bool(args.wandb)
     if cfg.SOLVER.TRAINER != "slkd":
         print(f"[slkd] SOLVER.TRAINER {cfg.SOLVER.TRAINER!r} -> 'slkd': slkd-train runs every method with slkd's trainer", flush=True)
