@@ -10,19 +10,23 @@ Sub-benchmarks (all by default, pick with ``--only``):
                     only) and 200 (pseudo-teacher on), 64x100 and 512x1000: a literal
                     one-temperature-at-a-time implementation written here in the released
                     code's style, all temperatures in one autograd graph, slkd's
-                    ``SLDLoss.terms``, and optionally ``torch.compile`` of it; value and
-                    gradient differences against the literal one are recorded.
+                    ``SLDLoss.terms``, its fused Triton kernels (CUDA), and optionally
+                    ``torch.compile`` of it; value and gradient differences against the
+                    literal one, and the torch ops each makes per call, are recorded.
 ``step``            one training step, resnet32x4 -> resnet8x4, batch 64, device-resident data:
                     slkd's SLD through ``SLKDTrainer._step`` (fp32, bf16, bf16 +
                     channels_last, fp16 with a scaler), the same two-view step with the
                     distillation loss removed, and a released-style step (nn.DataParallel,
                     the loss pulled to the host every step), plus the real released SLD class
-                    when ``SLKD_RELEASED_SLD_PATH`` names its checkout.
+                    when ``SLKD_RELEASED_SLD_PATH`` names its checkout. On CUDA also the
+                    opt-in modes: ``slkd-fused`` (``SLKD.FUSED_LOSS``) and ``slkd-graphs``
+                    (``SLKD.CUDA_GRAPHS`` with the fused loss), with a CE-only step in graphs.
 ``sync``            (CUDA) 20 slkd steps under ``torch.cuda.set_sync_debug_mode("error")``.
 ``loader``          an epoch-shaped run through slkd's two-view loader against the same steps
                     fed from device memory, and against mdistiller's fixed 2 workers.
 ``epoch-estimate``  a 240-epoch CIFAR-100 run in minutes, from the loader-fed step time, a
-                    measured evaluation pass and a measured checkpoint save.
+                    measured evaluation pass and a measured checkpoint save (eager, and on
+                    CUDA also with CUDA graphs and the fused loss).
 
 ``step``, ``sync``, ``loader`` and ``epoch-estimate`` need mdistiller (``SLKD_MDISTILLER_PATH``
 or an installed one); without it they are recorded as skipped with the reason and ``loss``
@@ -156,6 +160,7 @@ class Settings:
         self.precisions = args.precisions
         self.compile = args.compile == "on" or (args.compile == "auto" and not args.quick)
         self.compile_mode = args.compile_mode
+        self.fast_modes, self.fast_modes_note = fast_modes(cuda)
         self.workdir = None  # a temporary folder for run folders and checkpoints
 
     def as_dict(self):
@@ -168,7 +173,27 @@ class Settings:
             "epoch_estimate": {"eval_images": self.eval_images, **FULL_RUN},
             "temperatures": list(TEMPERATURES),
             "gamma": GAMMA,
+            "fast_modes": list(self.fast_modes),
         }
+
+
+MODE_OPTIONS = {
+    "eager": [],
+    "fused": ["SLKD.FUSED_LOSS", "True"],
+    "graphs": ["SLKD.FUSED_LOSS", "True", "SLKD.CUDA_GRAPHS", "True"],
+}
+
+
+def fast_modes(cuda: bool) -> tuple[list, str]:
+    """The opt-in modes this run can time (fused loss, CUDA graphs), and why not when none."""
+    if not cuda:
+        return [], "fused loss and CUDA graphs: CUDA only (Triton's CPU interpreter is for tests, not timing)"
+    from slkd.losses.sld_fused import fused_available
+
+    reason = fused_available()
+    if reason:
+        return [], f"fused loss and CUDA graphs not timed: {reason}"
+    return ["fused", "graphs"], ""
 
 
 # =========================================================================== #
@@ -329,12 +354,13 @@ class StackedLoss:
 
 
 class SlkdLoss:
-    """What slkd's SLD distiller does: one ``SLDLoss.terms`` call over both views' rows."""
+    """What slkd's SLD distiller does: one ``SLDLoss.terms`` call over both views' rows
+    (with ``fused``: its Triton kernels)."""
 
-    def __init__(self, device):
+    def __init__(self, device, fused=False):
         from slkd.losses.sld import SLDLoss
 
-        self.criterion = SLDLoss(temperatures=TEMPERATURES, gamma=GAMMA).to(device)
+        self.criterion = SLDLoss(temperatures=TEMPERATURES, gamma=GAMMA, fused=fused).to(device)
 
     def __call__(self, zw, zs, tw, ts, y, epoch):
         terms = self.criterion.terms(torch.cat((zw, zs)), torch.cat((tw, ts)), y.repeat(2), epoch)
@@ -513,6 +539,10 @@ def bench_loss(settings: Settings, timer: Timer, shared: dict) -> dict:
         "slkd": SlkdLoss(device),
     }
     notes = []
+    if "fused" in settings.fast_modes:
+        implementations["slkd-fused"] = SlkdLoss(device, fused=True)
+    else:
+        notes.append(f"slkd-fused: {settings.fast_modes_note}")
     released = shared.get("released_module")
     if released is not None:
         implementations["released"] = ReleasedModuleLoss(released)
@@ -571,7 +601,7 @@ def bench_loss(settings: Settings, timer: Timer, shared: dict) -> dict:
                 }
                 checks.append(check)
                 runners[name] = run_once
-                extra[name] = {"compile_seconds": compile_seconds}
+                extra[name] = {"compile_seconds": compile_seconds, "torch_ops": None if name == "slkd-compiled" else count_torch_ops(run_once)}
             if settings.cuda:
                 for name, run_once in runners.items():
                     if name not in timings:
@@ -599,6 +629,30 @@ def bench_loss(settings: Settings, timer: Timer, shared: dict) -> dict:
     }
 
 
+class _OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the torch ops that reach a kernel (views and allocations left out)."""
+
+    FREE = {"view", "_unsafe_view", "as_strided", "detach", "expand", "unsqueeze", "squeeze", "t", "alias", "select", "slice", "unbind", "split", "split_with_sizes", "chunk", "permute", "transpose", "empty", "empty_strided", "empty_like", "lift_fresh", "_local_scalar_dense"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ not in self.FREE:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_torch_ops(run_once) -> int:
+    """Torch ops (forward and backward) one call makes: at these sizes the loss is bound by
+    launches, so this is the machine-independent part of its time. Triton launches of the
+    fused loss are not torch ops (two per call)."""
+    with _OpCounter() as counter:
+        run_once()
+    return counter.count
+
+
 def float64_difference(impl, name, inputs, epoch):
     """|impl - literal| of the loss value in float64 (None where the impl has no float64 path)."""
     if name in ("slkd-compiled",):
@@ -606,6 +660,8 @@ def float64_difference(impl, name, inputs, epoch):
     doubles = [tensor.double() if tensor.is_floating_point() else tensor for tensor in inputs]
     if name == "stacked-autograd":
         impl = StackedLoss(doubles[0].device, torch.float64)
+    if name == "slkd-fused":
+        impl = SlkdLoss(doubles[0].device, fused=True)
     with torch.no_grad():
         value = impl(*doubles, epoch)
         reference = literal_loss(*doubles, epoch)
@@ -626,6 +682,9 @@ def loss_tables(section) -> str:
         slkd = cells.get("slkd")
         rows.append([size, epoch, "on" if epoch > GAMMA else "off"] + [cells[n]["median_ms"] if n in cells else None for n in impls] + [slkd["x_literal"] if slkd else None, slkd["x_literal_min"] if slkd else None])
     text = md_table(headers, rows)
+    ops = [[size, epoch] + [cells[n].get("torch_ops") if n in cells else None for n in impls] for (size, epoch), cells in by_key.items()]
+    text += "\n\nTorch ops per call, forward and backward (views left out; slkd-fused adds 2 Triton launches):\n\n"
+    text += md_table(["size", "epoch"] + impls, ops)
     diffs = [[c["size"], c["epoch"], c["impl"], c["value"], c["abs_diff_fp32"], c["grad_max_abs_diff_fp32"], c["abs_diff_fp64"]] for c in section["correctness"] if c["impl"] != "literal"]
     text += "\n\nCorrectness against the literal implementation (same inputs):\n\n"
     text += md_table(["size", "epoch", "impl", "loss", "|diff| fp32", "max |grad diff| fp32", "|diff| fp64"], diffs)
@@ -734,7 +793,7 @@ class Bench:
         self._distiller_classes()
 
     # -- configs, models
-    def cfg(self, precision="fp32", workers=0):
+    def cfg(self, precision="fp32", workers=0, mode="eager"):
         amp = {"fp32": "none", "bf16": "bf16", "bf16-cl": "bf16", "fp16": "fp16"}[precision]
         argv = ["--device", self.device.type, "--amp", amp]
         if precision.endswith("-cl"):
@@ -752,6 +811,7 @@ class Bench:
             "SLD.GAMMA", str(GAMMA),
             "SLKD.LOADER.WORKERS", str(workers),
             "LOG.PREFIX", s.workdir,
+            *MODE_OPTIONS[mode],
         ]  # fmt: skip
         args = self.run_train.parse_args(argv)
         return self.run_train.build_config(args, self.host.cfg)
@@ -823,12 +883,12 @@ class Bench:
         self.ReleasedStyleSLD = ReleasedStyleSLD
 
     # -- slkd trainers
-    def trainer(self, kind="SLD", precision="fp32", train_set=None, test_set=None, workers=0):
+    def trainer(self, kind="SLD", precision="fp32", train_set=None, test_set=None, workers=0, mode="eager"):
         from slkd.host import data
         from slkd.host.trainer import SLKDTrainer
         from slkd.utils.distributed import DistContext
 
-        cfg = self.cfg(precision, workers)
+        cfg = self.cfg(precision, workers, mode)
         student, teacher = self.models(cfg)
         if kind == "SLD":
             distiller = self.host.distiller_dict["SLD"](student, teacher, cfg)
@@ -842,7 +902,7 @@ class Bench:
             test_set = data.SyntheticCIFAR100(self.settings.batch, seed=1, with_index=False)
         self.count += 1
         return SLKDTrainer(
-            f"bench-{self.count}-{kind}-{precision}",
+            f"bench-{self.count}-{kind}-{precision}-{mode}",
             distiller.to(self.device),
             _DatasetOnly(train_set),
             _DatasetOnly(test_set),
@@ -949,6 +1009,19 @@ def bench_step(settings: Settings, timer: Timer, shared: dict, bench: Bench) -> 
                       lambda epochs, precision=precision: bench.trainer_steps(bench.trainer("SLD", precision), epochs)))
     specs.append(({"variant": "ce-only", "precision": "fp32", "path": "SLKDTrainer._step, CE-only two-view distiller"}, (EPOCH_ON,),
                   lambda epochs: bench.trainer_steps(bench.trainer("CE", "fp32"), epochs)))
+    paths = {"fused": "SLKDTrainer._step, SLKD.FUSED_LOSS", "graphs": "SLKDTrainer._step, SLKD.CUDA_GRAPHS + SLKD.FUSED_LOSS"}
+    for mode in s.fast_modes:
+        for precision in s.precisions:
+            if precision == "fp16":
+                continue  # no fp16 under CUDA graphs (the scaler syncs); the eager row has it
+            epochs = (EPOCH_OFF, EPOCH_ON) if precision == "fp32" else (EPOCH_ON,)
+            specs.append(({"variant": f"slkd-{mode}", "precision": precision, "path": paths[mode]}, epochs,
+                          lambda epochs, precision=precision, mode=mode: bench.trainer_steps(bench.trainer("SLD", precision, mode=mode), epochs)))
+    if "graphs" in s.fast_modes:
+        specs.append(({"variant": "ce-only-graphs", "precision": "fp32", "path": "SLKDTrainer._step, CE-only two-view distiller, SLKD.CUDA_GRAPHS"}, (EPOCH_ON,),
+                      lambda epochs: bench.trainer_steps(bench.trainer("CE", "fp32", mode="graphs"), epochs)))
+    if s.fast_modes_note:
+        notes.append(s.fast_modes_note)
     wrapper = "nn.DataParallel, " if settings.cuda else ""
     released = [("released-literal", False, "literal loss")]
     if shared.get("released_module") is not None:
@@ -1001,6 +1074,17 @@ def bench_step(settings: Settings, timer: Timer, shared: dict, bench: Bench) -> 
     for precision in s.precisions:
         if precision != "fp32":
             ratios[f"slkd_{precision}_vs_fp32"] = ms("slkd", precision) / ms("slkd", "fp32")
+    for mode in s.fast_modes:
+        variant = f"slkd-{mode}"
+        ce_same_mode = ms("ce-only-graphs") if mode == "graphs" else ce
+        for epoch in (EPOCH_OFF, EPOCH_ON):
+            ratios[f"{variant}_vs_ce_only_epoch{epoch}"] = ms(variant, epoch=epoch) / ce_same_mode
+            released_ms = ms("released-real", epoch=epoch) or ms("released-literal", epoch=epoch)
+            ratios[f"{variant}_vs_released_epoch{epoch}"] = ms(variant, epoch=epoch) / released_ms
+            ratios[f"{variant}_vs_slkd_eager_epoch{epoch}"] = ms(variant, epoch=epoch) / ms("slkd", epoch=epoch)
+        for precision in s.precisions:
+            if precision not in ("fp32", "fp16"):
+                ratios[f"{variant}_{precision}_vs_fp32"] = ms(variant, precision) / ms(variant, "fp32")
     base = ms("slkd", epoch=EPOCH_ON)
     for row in rows:
         row["x_slkd_fp32"] = row["median_ms"] / base
@@ -1077,8 +1161,10 @@ def run_under_sync_error(step, steps: int) -> dict:
 
 def bench_sync(settings: Settings, timer: Timer, shared: dict, bench: Bench) -> dict:
     checks = []
-    for precision in ("fp32", "bf16-cl" if "bf16-cl" in settings.precisions else "bf16"):
-        trainer = bench.trainer("SLD", precision)
+    low = "bf16-cl" if "bf16-cl" in settings.precisions else "bf16"
+    runs = [(mode, precision) for mode in ("eager", *settings.fast_modes) for precision in ("fp32", low)]
+    for mode, precision in runs:
+        trainer = bench.trainer("SLD", precision, mode=mode)
         outcomes = []
         for epoch in (EPOCH_OFF, EPOCH_ON):
             step = bench.trainer_step(trainer, epoch)
@@ -1088,7 +1174,7 @@ def bench_sync(settings: Settings, timer: Timer, shared: dict, bench: Bench) -> 
         passed = all(o["passed"] for o in outcomes)
         failed = next((o for o in outcomes if not o["passed"]), None)
         checks.append({
-            "variant": "slkd",
+            "variant": "slkd" if mode == "eager" else f"slkd-{mode}",
             "precision": precision,
             "steps": SYNC_STEPS,
             "epochs": [EPOCH_OFF, EPOCH_ON],
@@ -1111,7 +1197,7 @@ def bench_sync(settings: Settings, timer: Timer, shared: dict, bench: Bench) -> 
         "what": f"torch.cuda.set_sync_debug_mode('error') around {SYNC_STEPS} whole steps (forward, loss, backward, optimizer step) of SLKDTrainer._step, {SYNC_STEPS // 2} at epoch {EPOCH_OFF} and {SYNC_STEPS // 2} at {EPOCH_ON}, after 3 warm-up steps each",
         "results": checks,
         "control_detected": not control["passed"],
-        "notes": ["fp16 is not checked: its gradient scaler reads the inf check on the host by design"],
+        "notes": ["fp16 is not checked: its gradient scaler reads the inf check on the host by design"] + ([settings.fast_modes_note] if settings.fast_modes_note else []),
     }
 
 
@@ -1123,7 +1209,7 @@ def sync_tables(section) -> str:
 # =========================================================================== #
 # 4. loader
 # =========================================================================== #
-def bench_loader(settings: Settings, timer: Timer, shared: dict, bench: Bench, contrast=True) -> dict:
+def bench_loader(settings: Settings, timer: Timer, shared: dict, bench: Bench, contrast=True, mode="eager") -> dict:
     from torch.utils.data import DataLoader
 
     from slkd.host import data
@@ -1133,7 +1219,7 @@ def bench_loader(settings: Settings, timer: Timer, shared: dict, bench: Bench, c
     k = s.loader_iters
     train_set = data.SyntheticCIFAR100(k * s.batch, transform=two_view_transform("cifar100"), seed=0)
     test_set = data.SyntheticCIFAR100(s.eval_images, transform=cifar100_test_transform(), seed=1, with_index=False)
-    trainer = bench.trainer("SLD", "fp32", train_set, test_set, workers=-1)
+    trainer = bench.trainer("SLD", "fp32", train_set, test_set, workers=-1, mode=mode)
     real_loader = trainer.train_loader
     warm = max(1, min(k, s.step_warmup))
 
@@ -1183,7 +1269,8 @@ def bench_loader(settings: Settings, timer: Timer, shared: dict, bench: Bench, c
         "ratio_mdistiller_2_workers": rows[2]["seconds"] / synthetic if contrast else None,
         "notes": [] if not s.quick else ["--quick: a few iterations of a small model; not a measure of the loader"],
     }
-    shared["loader_trainer"] = trainer
+    result["mode"] = mode
+    shared[f"loader_trainer_{mode}"] = trainer
     return result
 
 
@@ -1201,9 +1288,17 @@ def bench_estimate(settings: Settings, timer: Timer, shared: dict, bench: Bench)
     if loader is None or loader.get("status") != "ok":
         notes.append("the loader sub-benchmark was not selected: its slkd-loader measurement ran here")
         loader = bench_loader(settings, timer, shared, bench, contrast=False)
-    trainer = shared["loader_trainer"]
+    trainer = shared.pop("loader_trainer_eager")
     fed = next(row for row in loader["results"] if row["feed"] == "slkd train_loader")
     iteration_ms = fed["ms_per_iter"]
+    fast = {}
+    for mode in settings.fast_modes:
+        if mode == "graphs":  # the fastest exact mode: CUDA graphs with the fused loss
+            measured = bench_loader(settings, timer, shared, bench, contrast=False, mode=mode)
+            shared.pop(f"loader_trainer_{mode}", None)
+            fast[mode] = next(row for row in measured["results"] if row["feed"] == "slkd train_loader")["ms_per_iter"]
+    if settings.fast_modes_note:
+        notes.append(settings.fast_modes_note)
 
     with quiet():
         trainer.evaluate()  # starts the evaluation workers (persistent, as in a run)
@@ -1222,6 +1317,10 @@ def bench_estimate(settings: Settings, timer: Timer, shared: dict, bench: Bench)
     iterations = FULL_RUN["iterations_per_epoch"]
     epoch_seconds = iterations * iteration_ms / 1e3 + eval_full + save_seconds
     minutes = FULL_RUN["epochs"] * epoch_seconds / 60
+    by_mode = {
+        mode: {"iteration_ms": ms, "minutes": FULL_RUN["epochs"] * (iterations * ms / 1e3 + eval_full + save_seconds) / 60}
+        for mode, ms in fast.items()
+    }
     if settings.quick or settings.batch != FULL_RUN["batch"]:
         notes.append(f"batch {settings.batch} and {settings.teacher} -> {settings.student}: not a full-run configuration")
     notes.append(f"the iteration time is measured at epoch {EPOCH_ON} (pseudo-teacher on) for all epochs: an upper bound")
@@ -1236,6 +1335,7 @@ def bench_estimate(settings: Settings, timer: Timer, shared: dict, bench: Bench)
         "epoch_seconds": epoch_seconds,
         "train_minutes": FULL_RUN["epochs"] * iterations * iteration_ms / 1e3 / 60,
         "minutes": minutes,
+        "modes": by_mode,
         "notes": notes,
     }
 
@@ -1249,6 +1349,8 @@ def estimate_tables(section) -> str:
         ["240 epochs, training steps only (min)", section["train_minutes"]],
         ["240 epochs, all (min)", section["minutes"]],
     ]
+    for mode, values in section.get("modes", {}).items():
+        rows += [[f"{mode}: loader-fed iteration (ms)", values["iteration_ms"]], [f"{mode}: 240 epochs, all (min)", values["minutes"]]]
     return md_table(["quantity", "value"], rows)
 
 
@@ -1278,9 +1380,11 @@ def targets(record: dict, settings: Settings) -> list:
     loss = sections.get("loss", {})
     if loss.get("status") == "ok":
         rows = {(r["size"], r["epoch"], r["impl"]): r for r in loss["results"]}
-        for size, limit in (("64x100", 0.6), ("512x1000", 1.0)):
-            row = rows.get((size, EPOCH_ON, "slkd"))
-            add(f"1. SLD loss {size}, both views, pseudo-teacher on, fwd+bwd (GPU)", row and row["median_ms"], limit, "<=", cuda, "GPU target; this run is on CPU", "ms")
+        for impl in ("slkd", "slkd-fused"):
+            for size, limit in (("64x100", 0.6), ("512x1000", 1.0)):
+                row = rows.get((size, EPOCH_ON, impl))
+                if impl == "slkd" or row:
+                    add(f"1. SLD loss {size}, both views, pseudo-teacher on, fwd+bwd (GPU), {impl}", row and row["median_ms"], limit, "<=", cuda, "GPU target; this run is on CPU", "ms")
         for size in ("64x100", "512x1000"):
             row = rows.get((size, EPOCH_ON, "slkd"))
             add(f"1. SLD loss {size}, pseudo-teacher on: slkd / literal (CPU)", row and row["x_literal"], 0.4, "<=", not cuda, "CPU target; this run is on a GPU", "x")
@@ -1300,15 +1404,25 @@ def targets(record: dict, settings: Settings) -> list:
             key = f"slkd_{precision}_vs_fp32"
             if key in ratios:
                 add(f"3. step: slkd {PRECISION_LABEL[precision]} / fp32", ratios[key], 1.0, "<", cuda, "GPU target (CPUs without bf16/fp16 matrix units are slower)", "x")
+        for mode in settings.fast_modes:
+            variant = f"slkd-{mode}"
+            ce_mode = max(ratios[f"{variant}_vs_ce_only_epoch{e}"] for e in (EPOCH_OFF, EPOCH_ON))
+            add(f"2. step ({variant}): / CE-only step{' in graphs' if mode == 'graphs' else ''} (worse of epochs 1, 200)", ce_mode, 1.05, "<=", True, "", "x")
+            rel_mode = max(ratios[f"{variant}_vs_released_epoch{e}"] for e in (EPOCH_OFF, EPOCH_ON))
+            add(f"2. step ({variant}): / released step (worse of epochs 1, 200)", rel_mode, 0.75, "<=", True, "", "x")
+            for precision in ("bf16-cl", "bf16"):
+                key = f"{variant}_{precision}_vs_fp32"
+                if key in ratios:
+                    add(f"3. step ({variant}): {PRECISION_LABEL[precision]} / fp32", ratios[key], 1.0, "<", cuda, "GPU target", "x")
     else:
         add("2./3. step ratios", None, None, "<=", True, "", note=step.get("reason", "not run"))
 
     sync = sections.get("sync", {})
     if sync.get("status") == "ok":
         for check in sync["results"]:
-            if check["variant"] == "slkd":
+            if check["variant"].startswith("slkd"):
                 control = "" if sync.get("control_detected") else "warning: the released-style control step did not trip the check"
-                add(f"4. no host-device sync in a step ({PRECISION_LABEL[check['precision']]})", check["passed"], True, "pass", True, "", "", control)
+                add(f"4. no host-device sync in a step ({check['variant']}, {PRECISION_LABEL[check['precision']]})", check["passed"], True, "pass", True, "", "", control)
     else:
         add("4. no host-device sync in a step", None, None, "pass", True, "", note=sync.get("reason", "not run"))
 
@@ -1321,7 +1435,9 @@ def targets(record: dict, settings: Settings) -> list:
 
     estimate = sections.get("epoch-estimate", {})
     if estimate.get("status") == "ok":
-        add("6. 240-epoch CIFAR-100 run, estimated (H100/H200)", estimate["minutes"], 35.0, "<=", cuda, "GPU target; this run is on CPU", "min")
+        add("6. 240-epoch CIFAR-100 run, estimated (H100/H200), eager", estimate["minutes"], 35.0, "<=", cuda, "GPU target; this run is on CPU", "min")
+        for mode, values in estimate.get("modes", {}).items():
+            add(f"6. 240-epoch CIFAR-100 run, estimated (H100/H200), {mode} + fused loss", values["minutes"], 35.0, "<=", cuda, "GPU target; this run is on CPU", "min")
     else:
         add("6. 240-epoch CIFAR-100 run, estimated", None, None, "<=", True, "", note=estimate.get("reason", "not run"))
     return out
@@ -1450,7 +1566,8 @@ def main(argv=None) -> int:
         record["sections"][name] = section
         print(f"[sld_speed] {name}: {section['status']} in {section['seconds']:.1f} s", flush=True)
         free_memory()
-    shared.pop("loader_trainer", None)
+    for key in [key for key in shared if key.startswith("loader_trainer")]:
+        shared.pop(key)
     free_memory()
 
     record["facts"]["load_average_end"] = load_average()

@@ -181,3 +181,40 @@ def test_out_folder_names_the_files_by_card_and_date(tmp_path):
     names = sorted(path.name for path in folder.iterdir())
     assert len(names) == 2 and names[0].startswith("sld_speed-quick-loss-cpu-"), names
     assert names[0].endswith(".json") and names[1] == names[0][:-5] + ".md"
+
+
+@pytest.mark.host
+def test_opt_in_modes_run_through_every_section(tmp_path, monkeypatch, host):
+    """The fused-loss and CUDA-graph rows are timed on GPUs only; here they run on the CPU
+    (the fused kernels in Triton's interpreter, graphs through tests/helpers/graphs.py) so
+    that a lent GPU's minutes are not lost to a broken code path."""
+    import importlib.util
+
+    from slkd.host import graphs, trainer
+    from tests.helpers.graphs import ReplayBackend
+
+    spec = importlib.util.spec_from_file_location("sld_speed_modes", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(bench, "fast_modes", lambda cuda: (["fused", "graphs"], ""))
+    monkeypatch.setattr(
+        trainer.SLKDTrainer, "_step_graphs",
+        lambda self: graphs.StepGraphs(ReplayBackend(), warmup_steps=1) if self.cfg.SLKD.CUDA_GRAPHS else None,
+    )  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "modes.json"
+    assert bench.main(["--quick", "--device", "cpu", "--precisions", "fp32,bf16", "--only", "loss,step,epoch-estimate", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    loss = record["sections"]["loss"]
+    assert {row["impl"] for row in loss["results"]} >= {"slkd", "slkd-fused"}
+    fused = [c for c in loss["correctness"] if c["impl"] == "slkd-fused"]
+    assert fused and all(c["abs_diff_fp64"] <= 1e-10 * max(1.0, abs(c["literal_value"])) for c in fused)
+    assert all(row["torch_ops"] > 0 for row in loss["results"])
+    step = record["sections"]["step"]
+    variants = {(row["variant"], row["precision"]) for row in step["results"]}
+    assert {("slkd-fused", "fp32"), ("slkd-graphs", "fp32"), ("slkd-graphs", "bf16"), ("ce-only-graphs", "fp32")} <= variants
+    assert "slkd-graphs_vs_ce_only_epoch200" in step["ratios"] and "slkd-graphs_bf16_vs_fp32" in step["ratios"]
+    estimate = record["sections"]["epoch-estimate"]
+    assert estimate["status"] == "ok" and estimate["modes"]["graphs"]["minutes"] > 0
+    names = [target["target"] for target in record["targets"]]
+    assert any("slkd-graphs" in name for name in names) and any("graphs + fused loss" in name for name in names)
