@@ -3,20 +3,23 @@
 # on an H100 or H200), from the repository root:
 #
 #   SLKD_MDISTILLER_PATH=/path/to/mdistiller [SLKD_RELEASED_SLD_PATH=/path/to/released-SLD] \
-#   RESULTS=benchmarks/results/<card>-<date> [PARTS="1 2 3 4 5"] bash benchmarks/gpu_check.sh
+#   RESULTS=benchmarks/results/<card>-<date> [PARTS="1 2 3 4 5 6"] bash benchmarks/gpu_check.sh
 #
-# 1. the CUDA tests (GPU = CPU losses, no host-device sync in a step);
+# 1. the CUDA tests (GPU = CPU losses, no host-device sync in a step, CUDA-graph training
+#    equal to eager training) and the fused loss's tests with its kernels compiled;
 # 2. benchmarks/sld_speed.py: loss, step, sync, loader, full-run estimate;
 # 3. slkd-bench: KD, DKD, CRD, MLKD, SLD on res32x4_res8x4, the real loop on synthetic data;
 # 4. torchrun with one process (the DDP path) against the plain launcher;
 # 5. SLD in bf16 and bf16 + channels_last, same seed as 4's plain run;
+# 6. the opt-in modes through slkd-train, same seed as 4's plain run: --fused-loss, and
+#    --cuda-graphs --fused-loss in fp32 and bf16 (their metrics should match plain and bf16);
 # Each part writes into $RESULTS and a failed part does not stop the others.
 # DEVICE=cpu QUICK=1 runs the same parts small, to check the script itself.
 set -u
 RESULTS="${RESULTS:-benchmarks/results/gpu-check}"
 DEVICE="${DEVICE:-cuda}"
 SYNTHETIC="${SYNTHETIC:-6400}"
-PARTS=" ${PARTS:-1 2 3 4 5} "
+PARTS=" ${PARTS:-1 2 3 4 5 6} "
 PY="${PYTHON:-python3}"
 CFG=mdistiller_configs/cifar100/sld/res32x4_res8x4.yaml
 RUNS="$(mktemp -d)"
@@ -47,11 +50,12 @@ train() {  # name, launcher and its slkd-train flags...
 if wanted 1; then
   part "1. CUDA tests"
   timeout 300 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_losses_mlkd.py -k "cuda or gpu" > "$RESULTS/pytest_cuda.txt" 2>&1
-  tail -n 3 "$RESULTS/pytest_cuda.txt"
+  timeout 300 "$PY" -m pytest -q -p no:cacheprovider tests/test_losses_sld_fused.py >> "$RESULTS/pytest_cuda.txt" 2>&1
+  grep -E "passed|failed" "$RESULTS/pytest_cuda.txt"
 fi
 if wanted 2; then
   part "2. sld_speed"
-  timeout 420 "$PY" benchmarks/sld_speed.py --device "$DEVICE" "${SPEED_ARGS[@]}" --out "$RESULTS/sld_speed.json" > "$RESULTS/sld_speed.log" 2>&1
+  timeout 480 "$PY" benchmarks/sld_speed.py --device "$DEVICE" "${SPEED_ARGS[@]}" --out "$RESULTS/sld_speed.json" > "$RESULTS/sld_speed.log" 2>&1
   tail -n 25 "$RESULTS/sld_speed.log"
 fi
 if wanted 4; then
@@ -72,5 +76,13 @@ if wanted 5; then
   part "5. mixed precision"
   train bf16 "$PY" -m slkd.run.train --amp bf16
   train bf16_channels_last "$PY" -m slkd.run.train --amp bf16 --channels-last
+fi
+if wanted 6 && [ "$DEVICE" != cuda ]; then
+  part "6. skipped: the fused loss and CUDA graphs need DEVICE=cuda"
+elif wanted 6; then
+  part "6. fused loss and CUDA graphs"
+  train fused "$PY" -m slkd.run.train --fused-loss
+  train graphs "$PY" -m slkd.run.train --fused-loss --cuda-graphs
+  train graphs_bf16 "$PY" -m slkd.run.train --fused-loss --cuda-graphs --amp bf16
 fi
 part "done: $RESULTS"
