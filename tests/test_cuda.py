@@ -109,3 +109,56 @@ def test_cuda_graph_training_equals_eager_training(tmp_path, amp):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert Path(tmp_path / "graphs" / "tiny" / "run" / "summary.json").is_file()
+
+
+def _replayed_equals_eager(fn, make_inputs):
+    """Record ``fn`` on the inputs of seed 0 as a CUDA graph, replay it on those of seed 1,
+    and compare with ``fn`` run eagerly on seed 1's inputs."""
+    static = make_inputs(0)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            fn(*static)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        recorded = fn(*static)
+    fresh = make_inputs(1)
+    with torch.no_grad():
+        for target, source in zip(static, fresh):
+            target.copy_(source)
+    graph.replay()
+    expected = fn(*fresh)
+    for name, value in expected.items():
+        torch.testing.assert_close(recorded[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _logits(seed, count, grad=()):
+    generator = torch.Generator().manual_seed(seed)
+    tensors = [torch.randn(64, 100, generator=generator).cuda() * 3 for _ in range(count)]
+    target = torch.randint(0, 100, (64,), generator=generator).cuda()
+    return [t.requires_grad_(i in grad) for i, t in enumerate(tensors)] + [target]
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_sld_loss_and_gradient_replay_in_a_cuda_graph(fused):
+    criterion = SLDLoss(gamma=150, fused=fused).cuda()
+
+    def fn(student, teacher, target):
+        loss = criterion(student, teacher, target, 200)
+        (grad,) = torch.autograd.grad(loss, student)
+        return {"loss": loss.detach(), "grad": grad}
+
+    _replayed_equals_eager(fn, lambda seed: _logits(seed, 2, grad=(0,)))
+
+
+def test_mlkd_losses_replay_in_a_cuda_graph():
+    from slkd.losses.mlkd import mlkd_losses
+
+    def fn(student_weak, student_strong, teacher_weak, teacher_strong, target):
+        losses = mlkd_losses(student_weak, student_strong, teacher_weak, teacher_strong, target,
+                             base_temperature=4.0, ce_weight=0.1, kd_weight=0.9)  # fmt: skip
+        return {name: value.detach() for name, value in losses.items()}
+
+    _replayed_equals_eager(fn, lambda seed: _logits(seed, 4))

@@ -459,3 +459,35 @@ def test_graph_keys_name_what_the_step_depends_on(host):
     cfg = _cfg(host, CONFIGS / "cifar100" / "mlkd" / "res32x4_res8x4.yaml", ["DISTILLER.TEACHER", "resnet20", "DISTILLER.STUDENT", "resnet8"])
     teacher, student = _models(host, cfg)
     assert graph_key(MLKD(student, teacher, cfg), 240) is None  # slkd's (the fork keeps its own)
+
+
+def test_steps_make_no_tensors_from_host_values_once_warm(host):
+    """A CUDA graph cannot record a tensor made from Python numbers (a copy from a temporary
+    host buffer): after one warm step, SLD's and MLKD's steps make none (on a GPU each would
+    also be a host-to-device copy per step)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from slkd.host.distillers import MLKD
+
+    class HostTensors(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.made = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ in ("lift_fresh", "lift_fresh_copy", "scalar_tensor"):
+                self.made.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    sld, _ = _small_distiller(host)
+    cfg = _cfg(host, CONFIGS / "cifar100" / "mlkd" / "res32x4_res8x4.yaml", ["DISTILLER.TEACHER", "resnet20", "DISTILLER.STUDENT", "resnet8"])
+    teacher, student = _models(host, cfg)
+    mlkd = MLKD(student, teacher, cfg).train()
+    weak, strong, target = _views(4, seed=11)
+    for distiller in (sld, mlkd):
+        for attempt in ("warm", "checked"):
+            with HostTensors() as watch:
+                _, losses = distiller(image_weak=weak, image_strong=strong, target=target, epoch=200)
+                sum(losses.values()).backward()
+            if attempt == "checked":
+                assert watch.made == [], f"{type(distiller).__name__} made tensors from host values: {watch.made}"

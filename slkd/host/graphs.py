@@ -12,9 +12,9 @@ A step is identified by its *signature*: the distiller's graph key for the epoch
 tensors. The first ``warmup_steps`` steps of a signature run eagerly (lazy set-up: cuDNN's
 autotuning, Triton's compilation, the optimizer's momentum buffers), the next one is captured
 and replayed, and each later one copies its batch into the graph's input tensors and replays.
-A smaller last batch of an epoch has its own signature and graph. When a new graph key
-appears (learning rates only decay; SLD's pseudo-teacher switches on once) the graphs of the
-older keys are released.
+A smaller last batch of an epoch has its own signature and graph. At the first step of a new
+graph key (learning rates only decay; SLD's pseudo-teacher switches on once) the graphs of the
+older keys are released, so their memory is free before the new ones are recorded.
 
 Everything runs on one side stream of the device (a capture cannot run on the default
 stream), entered and left around each step with stream waits, so the rest of the trainer
@@ -105,6 +105,7 @@ class StepGraphs:
         self.captured: dict = {}
         self.eager_steps: Counter = Counter()
         self.replays = 0
+        self.key = None
 
     def run(self, key, inputs, step: Callable):
         """``step(*inputs)``'s outputs, computed eagerly or by a graph of ``(key, inputs)``.
@@ -114,13 +115,15 @@ class StepGraphs:
         """
         flat, rebuild = _flatten(inputs)
         signature = (key, tuple((tuple(t.shape), t.dtype, t.stride(), t.device) for t in flat))
+        if key != self.key:
+            self._release_other_keys(key)
+            self.key = key
         with self.backend.stream_context():
             captured = self.captured.get(signature)
             if captured is None:
                 if self.eager_steps[signature] < self.warmup_steps:
                     self.eager_steps[signature] += 1
                     return step(*inputs)
-                self._release_other_keys(key)
                 captured = self._capture(flat, rebuild, step)
                 self.captured[signature] = captured
                 if self.backend.capture_runs_step:
@@ -138,8 +141,8 @@ class StepGraphs:
         return CapturedStep(graph, static, outputs)
 
     def _release_other_keys(self, key) -> None:
-        for signature in [s for s in self.captured if s[0] != key]:
-            del self.captured[signature]
+        self.captured = {signature: graph for signature, graph in self.captured.items() if signature[0] == key}
+        self.eager_steps = Counter({signature: n for signature, n in self.eager_steps.items() if signature[0] == key})
 
 
 def _flatten(inputs) -> tuple[list, Callable]:

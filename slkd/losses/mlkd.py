@@ -94,6 +94,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from slkd.losses.constants import constant
+
 __all__ = [
     "DEFAULT_EXTRA_TEMPERATURES",
     "median_linear",
@@ -182,7 +184,7 @@ def _prepare_pair(
     if not values:
         raise ValueError("temperatures must be non-empty")
     values = [_check_temperature(f"temperatures[{i}]", v) for i, v in enumerate(values)]
-    temps = torch.tensor(values, dtype=dtype).to(student.device, non_blocking=True)
+    temps = constant(tuple(values), dtype, student.device)
     return student.to(dtype), teacher.detach().to(dtype), temps
 
 
@@ -448,8 +450,8 @@ def mlkd_losses(
     with torch.autocast(device_type=device.type, enabled=False):
         s_w = student_weak.to(dtype)
         s_s = student_strong.to(dtype)
-        # Built on the host and copied without blocking: no device synchronisation.
-        temps_all = torch.tensor([t_base, *extras], dtype=dtype).to(device, non_blocking=True)
+        # made once per device: no host-to-device copy inside the step
+        temps_all = constant((t_base, *extras), dtype, device)
         temps_strong = temps_all[:_N_STRONG_VIEW_TEMPS]  # (T_base, 3, 5)
 
         with torch.no_grad():

@@ -35,6 +35,8 @@ from typing import NamedTuple, Sequence
 import torch
 import torch.nn as nn
 
+from slkd.losses.constants import constant
+
 DEFAULT_TEMPERATURES = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
 MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-4, 1e4
 
@@ -260,7 +262,7 @@ def sld_loss(
     Returns:
         0-d float32 tensor (float64 for float64 inputs).
     """
-    temps = _cached_temperatures(tuple(temperatures), student_logits.device)
+    temps = constant(tuple(temperatures), torch.float32, student_logits.device, check=temperature_tensor)
     terms = sld_terms(
         student_logits,
         teacher_logits,
@@ -329,17 +331,6 @@ class SLDLoss(nn.Module):
             f"student_swap={self.student_swap}, "
             f"detach_pseudo_teacher={self.detach_pseudo_teacher}, fused={self.fused}"
         )
-
-
-_TEMPERATURE_CACHE: dict = {}
-
-
-def _cached_temperatures(temperatures: tuple, device: torch.device) -> torch.Tensor:
-    """The temperatures as a float32 tensor on ``device``, made once per (values, device)."""
-    key = (temperatures, str(device))
-    if key not in _TEMPERATURE_CACHE:
-        _TEMPERATURE_CACHE[key] = temperature_tensor(temperatures).float().to(device)
-    return _TEMPERATURE_CACHE[key]
 
 
 def temperature_tensor(temperatures: Sequence[float]) -> torch.Tensor:

@@ -37,7 +37,7 @@ except ImportError:  # pragma: no cover - depends on the machine
     triton = None
 
 #: Largest class count one program keeps in registers.
-MAX_CLASSES = 16384
+MAX_CLASSES = 4096
 
 
 def fused_available() -> str | None:
@@ -183,10 +183,14 @@ if triton is not None:
         tl.store(grad_ptr + offset, grad.to(grad_ptr.dtype.element_ty), mask=valid)
 
 
-def _launch_shape(num_classes: int) -> tuple[int, int]:
-    """(block of columns, warps) for one row of ``num_classes``."""
+def launch_shape(num_classes: int, fp64: bool = False) -> tuple[int, int]:
+    """(block of columns, warps) for one row of ``num_classes``: eight columns per thread in
+    float32 (four in float64), up to 16 warps. On sm_80 and sm_90 the kernels then keep
+    everything in registers up to 1024 classes and spill a few bytes per thread at 2048 and
+    4096; float64 spills some (slower, still exact). tests/helpers/compile_fused.py checks
+    this."""
     block = max(triton.next_power_of_2(num_classes), 16)
-    warps = 1 if block <= 256 else 4 if block <= 2048 else 8
+    warps = min(max(block // (128 if fp64 else 256), 1), 16)
     return block, warps
 
 
@@ -222,7 +226,7 @@ class FusedSwappedKL(torch.autograd.Function):
             grad_ts = torch.empty((num_rows, num_classes), dtype=compute_dtype, device=z.device)
             if pseudo_teacher:
                 grad_ss = torch.empty_like(grad_ts)
-        block, warps = _launch_shape(num_classes)
+        block, warps = launch_shape(num_classes, fp64)
         _sld_forward_kernel[(num_rows,)](
             z, t, target, temperatures,
             terms, swapped, grad_ts, grad_ss,
@@ -241,6 +245,8 @@ class FusedSwappedKL(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_terms, _grad_swapped):
+        if not ctx.needs_input_grad[0]:  # reached through the teacher only: nothing to give
+            return None, None, None, None, None, None, None
         grad_ts, grad_ss = ctx.saved_tensors
         num_rows, num_classes = grad_ts.shape
         grad = torch.empty((num_rows, num_classes), dtype=ctx.student_dtype, device=grad_ts.device)
