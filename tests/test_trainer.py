@@ -129,3 +129,12 @@ def test_epoch_metrics_are_per_image_means_over_unequal_batches(tmp_path):
     assert result["train_acc"] == pytest.approx(100.0 * float((ranks == 0).double().mean()))
     assert result["train_acc_top5"] == pytest.approx(100.0 * float((ranks < 5).double().mean()))
     assert result["train_images"] == 24
+
+
+def test_an_empty_training_loader_is_a_clear_error(tmp_path):
+    from slkd.host.config import ConfigError
+
+    trainer = tiny_trainer(tiny_cfg(tmp_path, epochs=1))
+    trainer.train_loader = []
+    with pytest.raises(ConfigError, match="the training loader of epoch 1 yielded no batches"):
+        trainer._train_epoch(1)

@@ -200,6 +200,11 @@ class SLKDTrainer:
             batch_sizes.append(target.shape[0])
             progress.update()
         progress.close()
+        if rows is None:
+            raise ConfigError(
+                f"the training loader of epoch {epoch} yielded no batches: the training set is empty on "
+                "this process (check the dataset, or use fewer torchrun processes)"
+            )
         rows = rows[: len(batch_sizes)]
         weights = torch.tensor(batch_sizes, dtype=rows.dtype).to(self.device, non_blocking=True)
         hits = rows[:, len(names) :].sum(dim=0)
