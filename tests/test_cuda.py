@@ -72,13 +72,16 @@ def test_fused_step_makes_no_host_device_sync(tmp_path, amp, fused):
 
 
 @pytest.mark.parametrize("amp", ["none", "bf16"])
-def test_cuda_graph_training_equals_eager_training(tmp_path, amp):
+def test_cuda_graph_training_equals_eager_training(tmp_path, amp, monkeypatch):
     """Real CUDA graphs: 4 epochs of batches 10, 10, 4 (new keys at epochs 2 and 3, a graph
     for the small batch) give the eager run's metrics and weights, and replays make no sync."""
     import json
     from pathlib import Path
 
     from slkd.utils.distributed import DistContext
+
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)  # no atomics: runs comparable
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
 
     runs = {}
     for name in ("eager", "graphs"):
