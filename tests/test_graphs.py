@@ -90,28 +90,44 @@ def _weights(trainer):
 
 @pytest.mark.parametrize("keyed", [True, False], ids=["distiller-key", "epoch-key"])
 def test_training_with_step_graphs_equals_eager_training(tmp_path, keyed, monkeypatch):
-    """Batches of 10, 10 and 4; the learning rate decays and the pseudo-teacher switches on
-    at epoch 2: new keys, a graph for the small last batch, warm-up steps in every epoch."""
+    """Batches of 5, 5, 5, 5 and 4; the learning rate decays at epoch 3 and the pseudo-teacher
+    switches on at epoch 2: new keys, a graph for the small last batch, replays in every
+    epoch, and every replay runs with the learning rate its graph was recorded with."""
     from tests.helpers import tiny
 
     if keyed:
         monkeypatch.setattr(tiny.TinyDistiller, "graph_key", lambda self, epoch: self.criterion.pseudo_teacher_on(epoch), raising=False)
     runs = {}
     for name in ("eager", "graphs"):
-        trainer = tiny_trainer(tiny_cfg(tmp_path / name, epochs=4, batch=10))
+        trainer = tiny_trainer(tiny_cfg(tmp_path / name, epochs=4, batch=5))
         if name == "graphs":
-            backend = ReplayBackend()
+            backend = ReplayBackend(frozen=lambda trainer=trainer: [group["lr"] for group in trainer.optimizer.param_groups])
             trainer.step_graphs = graphs.StepGraphs(backend, warmup_steps=1)
         trainer.train()
         runs[name] = (_metrics(tmp_path / name), _weights(trainer))
     assert runs["graphs"][0] == runs["eager"][0]
     for name, value in runs["eager"][1].items():
         assert torch.equal(runs["graphs"][1][name], value), name
-    # keys: epoch 1 (off, lr 0.1), 2 (on, 0.1), 3-4 (on, 0.01). Each key's full batch is warmed
-    # by one step and recorded at the next; the last batch of 4 reaches its recording only in
-    # epoch 4 (keyed) or never (a new key every epoch)
+    # keys: epoch 1 (off, lr 0.1), 2 (on, 0.1), 3-4 (on, 0.01). A key's batches of 5: one warm
+    # step, one recorded, two replayed; the batch of 4 reaches its recording only in epoch 4
+    # (keyed) or never (a new key every epoch)
     assert backend.captures == 4
-    assert trainer.step_graphs.replays == (2 if keyed else 0)
+    assert trainer.step_graphs.replays == (10 if keyed else 8)
+
+
+def test_a_key_without_the_learning_rate_would_replay_a_stale_one(tmp_path):
+    """The stand-in's check has teeth: keyed by the epoch alone, the graph recorded before the
+    decay at epoch 3 would be replayed after it with the old learning rate."""
+    trainer = tiny_trainer(tiny_cfg(tmp_path, epochs=3, batch=5))
+    backend = ReplayBackend(frozen=lambda: [group["lr"] for group in trainer.optimizer.param_groups])
+    trainer.step_graphs = graphs.StepGraphs(backend, warmup_steps=1)
+
+    def step_keyed_without_lr(images, target, extras, epoch):
+        return trainer.step_graphs.run("one key", (images, target, extras), lambda *batch: trainer._eager_step(*batch, epoch))
+
+    trainer._step = step_keyed_without_lr
+    with pytest.raises(AssertionError, match=r"replayed with \[0\.01\d*\] but recorded with \[0\.1\]"):
+        trainer.train()
 
 
 def test_cuda_graphs_need_a_cuda_device(tmp_path):

@@ -14,7 +14,8 @@ Nodes added to mdistiller's ``CFG`` by :func:`slkd.register`:
     AMP               "none"   "none" | "bf16" | "fp16" (fp16 uses a gradient scaler)
     CHANNELS_LAST     False    channels-last memory format for the networks and images
     SYNC_BN           False    SyncBatchNorm for the student under torchrun
-    FUSED_LOSS        False    SLD's loss as two fused Triton kernels (CUDA; same values)
+    FUSED_LOSS        False    SLD's loss as two fused Triton kernels (CUDA; SLD only; same
+                               values to float rounding)
     CUDA_GRAPHS       False    record the training step once, replay it as one CUDA graph
     EVAL_FREQ         1        evaluate every N epochs (and always at the last one)
     LOADER.WORKERS    -1       train loader workers per process; -1: sized to the machine

@@ -7,9 +7,11 @@ their transform to one or two views (what the distiller's ``num_views`` asks for
 them with its own loaders (:mod:`slkd.host.data`).
 
 A training step makes no host-device synchronisation (with fp32 or bf16; fp16's gradient
-scaler checks for infinities on the host): loss terms, accuracies and a first-non-finite
-marker are summed on the device and read once per epoch. A non-finite loss stops the run at
-the end of that epoch, before its checkpoint, naming the epoch, iteration and loss terms.
+scaler checks for infinities on the host): each step writes its loss terms and hit counts
+into a row of an on-device buffer, and the epoch's sums, accuracies and first non-finite step
+are read from it once, at the end of the epoch. A non-finite loss stops the run there,
+before the epoch's checkpoint, naming the epoch, iteration and loss terms. With
+``SLKD.CUDA_GRAPHS`` steps are recorded and replayed as CUDA graphs (:mod:`slkd.host.graphs`).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ class SLKDTrainer:
         distiller = _unwrap_data_parallel(distiller)
         self.context = context or DistContext(device=_device_of(distiller))
         self.device = self.context.device
-        _check_fused_loss_device(cfg, self.device)
+        _check_fused_loss_device(distiller, self.device)
         self.num_views = int(getattr(distiller, "num_views", 1))
         self.channels_last = bool(cfg.SLKD.CHANNELS_LAST)
         self.distiller = distiller.to(self.device)
@@ -192,7 +194,7 @@ class SLKDTrainer:
             if names is None:
                 names = ["loss", *losses, *stats]
                 rows = torch.zeros((len(self.train_loader), len(names) + TOP_K), device=self.device)
-            # one row per step, written on the device (two kernels, no sync): the per-image
+            # one row per step, written on the device (four kernels, no sync): the per-image
             # means of the loss terms and statistics, then the hits at ranks 1..TOP_K
             values = [loss, *losses.values(), *stats.values()]
             torch.stack([_scalar(value) for value in values], out=rows[step, : len(names)])
@@ -482,9 +484,10 @@ def seed_everything(seed: int, epoch: int) -> None:
     torch.manual_seed(mixed)
 
 
-def _check_fused_loss_device(cfg, device) -> None:
-    """ConfigError unless the fused SLD loss can run on ``device``."""
-    if not cfg.SLKD.FUSED_LOSS or device.type == "cuda":
+def _check_fused_loss_device(distiller, device) -> None:
+    """ConfigError unless the distiller's fused SLD loss (``SLKD.FUSED_LOSS``) can run on
+    ``device``; distillers without one ignore the option."""
+    if not getattr(getattr(distiller, "criterion", None), "fused", False) or device.type == "cuda":
         return
     from slkd.losses.sld_fused import INTERPRETED
 

@@ -16,11 +16,13 @@ and the loss of a view is ``mean_rows(L_TS + [epoch > gamma] L_SS)``.
 
 How it is computed. Softmax commutes with a permutation of the row, so
 ``log p_T(swap(z, y)) = swap(log p_T(z), y)`` and ``L_SS`` only involves the two exchanged
-columns: ``L_SS = sum_T T^2 (q_m - q_y)(log q_m - log q_y)`` with ``q = p_T(z)``. All
-temperatures are stacked into one ``(K, N, C)`` tensor and the gradient is written in
-closed form (``dL_TS/dz = sum_T T (q - p)``, and the two-column terms of ``L_SS``), so a
-forward and backward pass is a handful of kernels whatever ``K`` is, with no host-device
-synchronisation. The arithmetic always runs in float32 (or float64 for float64 inputs),
+columns: ``L_SS = sum_T T^2 (q_m - q_y)(log q_m - log q_y)`` with ``q = p_T(z)``, where
+``log q_m - log q_y = (z_m - z_y) / T``. Student and teacher rows and all temperatures are
+stacked into one ``(2, K, N, C)`` tensor that takes one log-softmax, and the gradient is
+written in closed form (``dL_TS/dz = sum_T T (q - p)``, and the two-column terms of
+``L_SS``; see ``_SwappedKL``), so a forward and backward pass is a few dozen small kernels
+whatever ``K`` is (two with ``fused=True``, :mod:`slkd.losses.sld_fused`), with no
+host-device synchronisation. The arithmetic always runs in float32 (or float64 for float64 inputs),
 also under autocast. ``tests/test_losses_sld.py`` checks values and gradients against a
 literal float64 implementation.
 
@@ -56,14 +58,13 @@ def swap_logits(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         synchronisation.
     """
     _check_logits_and_target(logits, target)
-    return logits.gather(1, _swap_permutation(logits, target, logits.argmax(dim=1)))
+    return logits.gather(1, _swap_permutation(logits, target))
 
 
-def _swap_permutation(logits: torch.Tensor, target: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
-    """``(N, C)`` column indices that realise the swap as ``logits.gather(1, perm)``, given
-    the rows' ``(N,)`` argmax ``top``."""
+def _swap_permutation(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``(N, C)`` column indices that realise the swap as ``logits.gather(1, perm)``."""
     num_rows, num_classes = logits.shape
-    top = top.view(-1, 1)
+    top = logits.argmax(dim=1).view(-1, 1)
     label = target.view(-1, 1).to(top.dtype)
     columns = torch.arange(num_classes, device=logits.device).expand(num_rows, num_classes)
     perm = torch.where(columns == label, top, columns)
@@ -205,6 +206,8 @@ class _SwappedKL(torch.autograd.Function):
         ctx.pseudo_teacher = pseudo_teacher
         ctx.detach = detach
         ctx.student_dtype = student.dtype
+        if detach:  # the detached gradient needs only sum_T T a_T
+            gap = q_pair = gap_prob = None
         ctx.save_for_backward(probs, temperatures, index, gap, q_pair, gap_prob, t_gap)
         ctx.mark_non_differentiable(top)
         return ts_rows, ss_rows, top
@@ -262,7 +265,8 @@ def sld_loss(
     Returns:
         0-d float32 tensor (float64 for float64 inputs).
     """
-    temps = constant(tuple(temperatures), torch.float32, student_logits.device, check=temperature_tensor)
+    compute_dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
+    temps = constant(tuple(temperatures), compute_dtype, student_logits.device, check=temperature_tensor)
     terms = sld_terms(
         student_logits,
         teacher_logits,
@@ -279,8 +283,8 @@ def sld_loss(
 class SLDLoss(nn.Module):
     """:func:`sld_loss` with its settings held, e.g. ``SLDLoss(gamma=150)(z, t, y, epoch)``.
 
-    The temperatures live in a non-persistent buffer, so they follow ``.to(device)`` and
-    cost no host-to-device copy per call. ``fused=True`` computes with the Triton kernels of
+    The temperatures live in non-persistent buffers (float64, and float32 for float32
+    arithmetic), so they follow ``.to(device)`` and cost no host-to-device copy per call. ``fused=True`` computes with the Triton kernels of
     :mod:`slkd.losses.sld_fused` (CUDA tensors).
     """
 
@@ -294,9 +298,9 @@ class SLDLoss(nn.Module):
         fused: bool = False,
     ) -> None:
         super().__init__()
-        self.register_buffer(
-            "temperatures", temperature_tensor(temperatures).float(), persistent=False
-        )
+        values = temperature_tensor(temperatures)
+        self.register_buffer("temperatures", values, persistent=False)
+        self.register_buffer("temperatures_float32", values.float(), persistent=False)
         self.gamma = int(gamma)
         self.teacher_swap = bool(teacher_swap)
         self.student_swap = bool(student_swap)
@@ -309,11 +313,12 @@ class SLDLoss(nn.Module):
 
     def terms(self, student_logits, teacher_logits, target, epoch: int) -> SLDTerms:
         """Per-row terms (see :func:`sld_terms`), e.g. for a loss over several views."""
+        float64 = student_logits.dtype == torch.float64
         return sld_terms(
             student_logits,
             teacher_logits,
             target,
-            self.temperatures,
+            self.temperatures if float64 else self.temperatures_float32,
             teacher_swap=self.teacher_swap,
             pseudo_teacher=self.pseudo_teacher_on(epoch),
             detach_pseudo_teacher=self.detach_pseudo_teacher,

@@ -184,13 +184,13 @@ if triton is not None:
 
 
 def launch_shape(num_classes: int, fp64: bool = False) -> tuple[int, int]:
-    """(block of columns, warps) for one row of ``num_classes``: eight columns per thread in
-    float32 (four in float64), up to 16 warps. On sm_80 and sm_90 the kernels then keep
+    """(block of columns, warps) for one row of ``num_classes``: four columns per thread in
+    float32 (two in float64), up to 16 warps. On sm_80 and sm_90 the kernels then keep
     everything in registers up to 1024 classes and spill a few bytes per thread at 2048 and
     4096; float64 spills some (slower, still exact). tests/helpers/compile_fused.py checks
     this."""
     block = max(triton.next_power_of_2(num_classes), 16)
-    warps = min(max(block // (128 if fp64 else 256), 1), 16)
+    warps = min(max(block // (64 if fp64 else 128), 1), 16)
     return block, warps
 
 

@@ -1,12 +1,14 @@
 """Compile the fused SLD kernels ahead of time for NVIDIA GPUs, without a GPU.
 
-``python -m tests.helpers.compile_fused`` builds the specialisations slkd launches (input
-dtypes, the constexpr flags; 100, 1000 and 4096 classes with the block and warps of
-``launch_shape``) to a cubin with Triton's bundled ``ptxas`` for sm_80 and sm_90, checks with
-its ``cuobjdump`` that the float32, bf16 and fp16 kernels spill no registers up to 1024
-classes and at most a few bytes per thread beyond, and prints a summary line. The float64
-kernels (for tests and checks, not training) are built up to 1024 classes, spills allowed. Run with ``TRITON_INTERPRET`` unset (the interpreter's kernels
-cannot be compiled).
+``python -m tests.helpers.compile_fused`` builds the kernels' specialisations to a cubin with
+Triton's bundled ``ptxas`` for sm_80 and sm_90: float32, bf16, fp16 and float64 logits;
+int64 labels (float32, float64) and int32 labels (bf16, fp16); every combination of the
+pseudo-teacher, detach and gradient flags, and the teacher swap off once; 100, 1000, 2048 and
+4096 classes with the block and warps of ``sld_fused.launch_shape``; the backward kernel for
+each gradient dtype. With Triton's ``cuobjdump`` it checks that the float32, bf16 and fp16
+kernels spill no registers up to 1024 classes and at most a few bytes per thread beyond
+(float64, for tests and checks rather than training, may spill). It prints a summary line.
+Run with ``TRITON_INTERPRET`` unset (the interpreter's kernels cannot be compiled).
 """
 
 import itertools
@@ -23,9 +25,14 @@ from triton.compiler import ASTSource
 from slkd.losses import sld_fused
 
 ARCHES = (80, 90)
-CLASSES = (100, 1000, 4096)
+DTYPES = ("fp32", "bf16", "fp16", "fp64")
+CLASSES = (100, 1000, 2048, sld_fused.MAX_CLASSES)
 SPILL_FREE = 1024  # classes; beyond, a few bytes of spills per thread are allowed
 MAX_SPILL_BYTES = 32
+FLAGS = [  # (TEACHER_SWAP, PSEUDO, DETACH, NEEDS_GRAD)
+    *[(True, pseudo, detach, grad) for pseudo, detach in ((False, False), (True, False), (True, True)) for grad in (True, False)],
+    (False, True, False, True),
+]
 
 
 def signature(kernel, constexprs: dict, pointers: dict) -> dict:
@@ -37,26 +44,24 @@ def signature(kernel, constexprs: dict, pointers: dict) -> dict:
 
 
 def forward_variants():
-    for arch, fp64, logits, (pseudo, detach), needs_grad, classes in itertools.product(
-        ARCHES, (False, True), ("fp32", "bf16", "fp16"), ((False, False), (True, False), (True, True)),
-        (True, False), CLASSES,
-    ):  # fmt: skip
-        if fp64 and (logits != "fp32" or classes > SPILL_FREE):
-            continue
+    """(arch, warps, kernel, constexprs, pointer types, classes to check for spills or None)."""
+    for arch, dtype, classes, (swap, pseudo, detach, grad) in itertools.product(ARCHES, DTYPES, CLASSES, FLAGS):
+        fp64 = dtype == "fp64"
         block, warps = sld_fused.launch_shape(classes, fp64)
         compute = "*fp64" if fp64 else "*fp32"
         pointers = {name: compute for name in ("temps_ptr", "terms_ptr", "swapped_ptr", "grad_ts_ptr", "grad_ss_ptr")}
-        pointers.update(z_ptr="*fp64" if fp64 else f"*{logits}", t_ptr="*fp64" if fp64 else f"*{logits}", y_ptr="*i64")
-        constexprs = dict(BLOCK=block, TEACHER_SWAP=True, PSEUDO=pseudo, DETACH=detach, NEEDS_GRAD=needs_grad, FP64=fp64)
+        pointers.update(z_ptr=f"*{dtype}", t_ptr=f"*{dtype}", y_ptr="*i64" if dtype in ("fp32", "fp64") else "*i32")
+        constexprs = dict(BLOCK=block, TEACHER_SWAP=swap, PSEUDO=pseudo, DETACH=detach, NEEDS_GRAD=grad, FP64=fp64)
         yield arch, warps, sld_fused._sld_forward_kernel, constexprs, pointers, None if fp64 else classes
 
 
 def backward_variants():
-    for arch, grad, pseudo, classes in itertools.product(ARCHES, ("fp32", "bf16", "fp16", "fp64"), (False, True), CLASSES):
-        block, warps = sld_fused.launch_shape(classes, grad == "fp64")
-        compute = "*fp64" if grad == "fp64" else "*fp32"
+    for arch, grad, pseudo, classes in itertools.product(ARCHES, DTYPES, (False, True), CLASSES):
+        fp64 = grad == "fp64"
+        block, warps = sld_fused.launch_shape(classes, fp64)
+        compute = "*fp64" if fp64 else "*fp32"
         pointers = {"grad_ts_ptr": compute, "grad_ss_ptr": compute, "out_ts_ptr": compute, "out_ss_ptr": compute, "grad_ptr": f"*{grad}"}
-        yield arch, warps, sld_fused._sld_backward_kernel, dict(BLOCK=block, PSEUDO=pseudo), pointers, None if grad == "fp64" else classes
+        yield arch, warps, sld_fused._sld_backward_kernel, dict(BLOCK=block, PSEUDO=pseudo), pointers, None if fp64 else classes
 
 
 def stack_bytes(cubin: bytes) -> int:

@@ -5,6 +5,11 @@
 returned, as a CUDA graph writes into its static outputs. A closure that read anything but
 the graph's input tensors (the batch of the captured step, say) would then train on the
 wrong data, which the tests compare against eager training.
+
+A real graph also freezes the host values the step used when it was recorded (the learning
+rate the SGD kernel was launched with, say), where re-running the closure reads them anew.
+``frozen``, when given, returns those host values: the stand-in records them at capture and
+fails a replay at which they differ, as the real graph would silently train with the old ones.
 """
 
 import contextlib
@@ -15,20 +20,23 @@ import torch
 class ReplayBackend:
     capture_runs_step = True
 
-    def __init__(self):
+    def __init__(self, frozen=None):
         self.captures = 0
+        self.frozen = frozen
 
     def stream_context(self):
         return contextlib.nullcontext()
 
     def capture(self, run):
         self.captures += 1
+        held = self.frozen() if self.frozen else None
         outputs = run()
-        return (run, outputs), outputs
+        return (run, outputs, held), outputs
 
-    @staticmethod
-    def replay(graph):
-        run, outputs = graph
+    def replay(self, graph):
+        run, outputs, held = graph
+        if self.frozen:
+            assert self.frozen() == held, f"replayed with {self.frozen()} but recorded with {held}"
         fresh = run()
         with torch.no_grad():
             _copy_into(outputs, fresh)
