@@ -50,7 +50,8 @@ train() {  # name, launcher and its slkd-train flags...
 if wanted 1; then
   part "1. CUDA tests"
   timeout 300 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_losses_mlkd.py -k "cuda or gpu" > "$RESULTS/pytest_cuda.txt" 2>&1
-  timeout 300 "$PY" -m pytest -q -p no:cacheprovider tests/test_losses_sld_fused.py >> "$RESULTS/pytest_cuda.txt" 2>&1
+  # (its GPU-free compile check is left to CI: the kernels compile for real here)
+  timeout 300 "$PY" -m pytest -q -p no:cacheprovider tests/test_losses_sld_fused.py -k "not compile_for_nvidia" >> "$RESULTS/pytest_cuda.txt" 2>&1
   grep -E "passed|failed" "$RESULTS/pytest_cuda.txt"
 fi
 if wanted 2; then
