@@ -27,30 +27,21 @@ def test_sld_on_gpu_matches_cpu(epoch, detach):
     torch.testing.assert_close(gpu_grad.cpu(), cpu_grad, rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.parametrize("amp", ["none", "bf16"])
-def test_training_step_makes_no_host_device_sync(tmp_path, amp):
-    cfg = tiny_cfg(tmp_path)
-    cfg.SLKD.AMP = amp
-    from slkd.utils.distributed import DistContext
-
-    trainer = tiny_trainer(cfg, context=DistContext(device=torch.device("cuda", 0)))
-    trainer.distiller.train()
-    batch = next(iter(trainer.train_loader))
-    images, target, extras = trainer._to_device(batch)
-    trainer._step(images, target, extras, epoch=2)  # warm-up: allocator, cuDNN
+def _steps_without_sync(trainer, images, target, extras, epoch, steps=3):
+    """``steps`` training steps under ``set_sync_debug_mode("error")``; the last loss."""
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        for _ in range(3):
-            losses, loss, _, _ = trainer._step(images, target, extras, epoch=2)
+        for _ in range(steps):
+            _, loss, _, _ = trainer._step(images, target, extras, epoch=epoch)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert torch.isfinite(loss).item()
+    return loss
 
 
 @pytest.mark.parametrize("amp", ["none", "bf16"])
 @pytest.mark.parametrize("fused", [False, True])
-def test_fused_step_makes_no_host_device_sync(tmp_path, amp, fused):
+def test_training_step_makes_no_host_device_sync(tmp_path, amp, fused):
     cfg = tiny_cfg(tmp_path)
     cfg.SLKD.AMP = amp
     cfg.SLKD.FUSED_LOSS = fused
@@ -60,15 +51,8 @@ def test_fused_step_makes_no_host_device_sync(tmp_path, amp, fused):
     trainer.distiller.criterion.fused = fused
     trainer.distiller.train()
     images, target, extras = trainer._to_device(next(iter(trainer.train_loader)))
-    trainer._step(images, target, extras, epoch=2)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for _ in range(3):
-            _, loss, _, _ = trainer._step(images, target, extras, epoch=2)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    assert torch.isfinite(loss).item()
+    trainer._step(images, target, extras, epoch=2)  # warm-up: allocator, cuDNN, Triton
+    assert torch.isfinite(_steps_without_sync(trainer, images, target, extras, epoch=2)).item()
 
 
 @pytest.mark.parametrize("amp", ["none", "bf16"])
@@ -104,13 +88,7 @@ def test_cuda_graph_training_equals_eager_training(tmp_path, amp, monkeypatch):
     trainer = runs["graphs"][2]
     assert trainer.step_graphs.replays > 0
     images, target, extras = trainer._to_device(next(iter(trainer.train_loader)))
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for _ in range(3):
-            trainer._step(images, target, extras, epoch=4)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(_steps_without_sync(trainer, images, target, extras, epoch=4)).item()
     assert Path(tmp_path / "graphs" / "tiny" / "run" / "summary.json").is_file()
 
 

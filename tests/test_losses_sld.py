@@ -279,10 +279,9 @@ def test_sld_loss_matches_reference_float32(shape, temperatures, epoch):
     torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("epoch", [EPOCH_OFF, EPOCH_ON])
-@pytest.mark.parametrize("detach", [False, True])
-def test_sld_loss_with_ties_matches_reference(epoch, detach):
-    """Tied maxima in teacher and student rows: the first index of the max is swapped."""
+def tied_batch():
+    """Student and teacher rows with tied maxima, labels and temperatures (float64): the
+    teacher's top class is never the label, the student's in one row of four."""
     z = torch.tensor([
         [1.0, 3.0, 3.0, 0.0, -1.0],   # student: first max 1, label 0
         [1.0, 3.0, 3.0, 0.0, -1.0],   # label tied with the max (second of the two)
@@ -296,7 +295,14 @@ def test_sld_loss_with_ties_matches_reference(epoch, detach):
         [0.0, 0.0, 0.0, 0.0, 0.0],    # all tied, label 4
     ], dtype=torch.float64)
     y = torch.tensor([0, 2, 4, 4])
-    temperatures = (0.5, 2.0, 7.0)
+    return z, t, y, (0.5, 2.0, 7.0)
+
+
+@pytest.mark.parametrize("epoch", [EPOCH_OFF, EPOCH_ON])
+@pytest.mark.parametrize("detach", [False, True])
+def test_sld_loss_with_ties_matches_reference(epoch, detach):
+    """Tied maxima in teacher and student rows: the first index of the max is swapped."""
+    z, t, y, temperatures = tied_batch()
     value, grad = run_loss(
         z, t, y, epoch, temperatures=temperatures, detach_pseudo_teacher=detach
     )

@@ -124,6 +124,20 @@ def test_smoke_run_checkpoints_load(smoke_run):
     assert "model" in student and not any(key.startswith("student.") for key in student["model"])
 
 
+def _resume_in(workdir, capsys):
+    """``slkd-train <smoke> --resume`` run in ``workdir``; its captured output (exit 0 asserted)."""
+    previous = os.getcwd()
+    os.chdir(workdir)
+    try:
+        capsys.readouterr()
+        code = _main(SMOKE + ["--resume"])
+    finally:
+        os.chdir(previous)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return captured
+
+
 @pytest.mark.host
 def test_resume_continues_an_interrupted_run(smoke_run, capsys):
     """Make the finished smoke run look interrupted after epoch 1 (its ``latest.prev`` is the
@@ -137,15 +151,7 @@ def test_resume_continues_an_interrupted_run(smoke_run, capsys):
     folder = copy_dir / RUN_FOLDER
     assert torch.load(folder / "latest.prev", map_location="cpu", weights_only=False)["epoch"] == 1
     shutil.copyfile(folder / "latest.prev", folder / "latest")
-    previous = os.getcwd()
-    os.chdir(copy_dir)
-    try:
-        capsys.readouterr()
-        code = _main(SMOKE + ["--resume"])
-    finally:
-        os.chdir(previous)
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
+    captured = _resume_in(copy_dir, capsys)
     assert "resuming from" in captured.out and "after epoch 1" in captured.out
     assert "epoch 1/2" not in captured.out and "epoch 2/2" in captured.out
     resumed = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
@@ -161,15 +167,7 @@ def test_resume_continues_an_interrupted_run(smoke_run, capsys):
 def test_resume_of_a_finished_run_has_nothing_to_do(smoke_run, capsys):
     workdir, code, _ = smoke_run
     assert code == 0
-    previous = os.getcwd()
-    os.chdir(workdir)
-    try:
-        capsys.readouterr()
-        code = _main(SMOKE + ["--resume"])
-    finally:
-        os.chdir(previous)
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
+    captured = _resume_in(workdir, capsys)
     assert "resuming from" in captured.out and "after epoch 2" in captured.out
     assert "epoch 2/2" not in captured.out
     lines = (workdir / RUN_FOLDER / "metrics.jsonl").read_text().splitlines()
