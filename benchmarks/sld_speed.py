@@ -840,11 +840,14 @@ class Bench:
         return [weak.to(self.device), strong.to(self.device)], target.to(self.device), index.to(self.device)
 
     def _distiller_classes(self):
+        from slkd.host.distillers import teacher_logits
+
         base = self.host.distiller_base
 
         class CEOnlyTwoView(base):
-            """SLD's two-view step without the distillation loss: both networks on both views
-            (teacher without gradient, as in SLD), cross-entropy on both views, nothing else."""
+            """SLD's two-view step without the distillation loss: the student on each view, the
+            teacher on both views in SLD's one pass without gradient, SLD's one cross-entropy
+            over both views' rows, nothing else."""
 
             num_views = 2
 
@@ -853,11 +856,10 @@ class Bench:
                 self.ce_weight = ce_weight
 
             def forward_train(self, image_weak=None, image_strong=None, target=None, **kwargs):
-                student = [self.student(view)[0] for view in (image_weak, image_strong)]
-                with torch.no_grad():
-                    for view in (image_weak, image_strong):
-                        self.teacher(view)
-                loss_ce = self.ce_weight * (F.cross_entropy(student[0], target) + F.cross_entropy(student[1], target))
+                views = [image_weak, image_strong]
+                student = [self.student(view)[0] for view in views]
+                teacher_logits(self.teacher, views)
+                loss_ce = self.ce_weight * len(views) * F.cross_entropy(torch.cat(student), target.repeat(len(views)))
                 return student[0], {"loss_ce": loss_ce}
 
         class ReleasedStyleSLD(base):

@@ -218,3 +218,27 @@ def test_opt_in_modes_run_through_every_section(tmp_path, monkeypatch, host):
     assert estimate["status"] == "ok" and estimate["modes"]["graphs"]["minutes"] > 0
     names = [target["target"] for target in record["targets"]]
     assert any("slkd-graphs" in name for name in names) and any("graphs + fused loss" in name for name in names)
+
+
+@pytest.mark.host
+def test_ce_only_baseline_runs_the_networks_as_sld_does(tmp_path, host):
+    """Target 2 compares SLD's step with the same step less the distillation loss: the
+    baseline must make the same network calls (the teacher's one pass over both views
+    included), or the ratio measures the networks instead of the loss."""
+    script = load_script()
+    settings = script.Settings(script.parse_args(["--quick", "--device", "cpu"]))
+    settings.workdir = str(tmp_path)
+    bench = script.Bench(settings, host, {})
+    calls = {}
+    for kind in ("SLD", "CE"):
+        trainer = bench.trainer(kind)
+        seen = []
+        for role in ("student", "teacher"):
+            getattr(trainer.distiller, role).register_forward_hook(
+                lambda module, inputs, output, role=role: seen.append((role, tuple(inputs[0].shape)))
+            )
+        bench.trainer_step(trainer, script.EPOCH_ON)()
+        calls[kind] = seen
+    batch = settings.batch
+    assert calls["SLD"] == [("student", (batch, 3, 32, 32))] * 2 + [("teacher", (2 * batch, 3, 32, 32))]
+    assert calls["CE"] == calls["SLD"]

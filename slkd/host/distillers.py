@@ -65,7 +65,7 @@ class SLD(Distiller):
         epoch = _required_epoch(kwargs, "SLD")
         views = _views(self.strong_view, image_weak, image_strong, kwargs.get("image"), "SLD")
         student = [self.student(view)[0] for view in views]
-        teacher = _teacher_logits(self.teacher, views)
+        teacher = teacher_logits(self.teacher, views)
         batch = target.shape[0]
         student_rows = torch.cat(student) if len(views) > 1 else student[0]
         targets = target.repeat(len(views))
@@ -114,7 +114,7 @@ class MLKD(Distiller):
     def forward_train(self, image_weak=None, image_strong=None, target=None, **kwargs):
         weak, strong = _views(True, image_weak, image_strong, kwargs.get("image"), "MLKD")
         student_weak, student_strong = self.student(weak)[0], self.student(strong)[0]
-        teacher_weak, teacher_strong = _teacher_logits(self.teacher, [weak, strong])
+        teacher_weak, teacher_strong = teacher_logits(self.teacher, [weak, strong])
         losses = mlkd_losses(
             student_weak,
             student_strong,
@@ -129,7 +129,7 @@ class MLKD(Distiller):
 
 
 @torch.no_grad()
-def _teacher_logits(teacher, views: list) -> list:
+def teacher_logits(teacher, views: list) -> list:
     """The teacher's logits for each view, without gradient.
 
     In eval mode BatchNorm uses its running statistics, so the teacher's output for an image
