@@ -74,9 +74,9 @@ if triton is not None:
     def _sld_forward_kernel(
         z_ptr, t_ptr, y_ptr, temps_ptr,
         terms_ptr, swapped_ptr, grad_ts_ptr, grad_ss_ptr,
-        num_rows, num_classes, num_temps, z_stride, t_stride,
-        BLOCK: tl.constexpr, TEACHER_SWAP: tl.constexpr, PSEUDO: tl.constexpr,
-        DETACH: tl.constexpr, NEEDS_GRAD: tl.constexpr, FP64: tl.constexpr,
+        num_rows, num_classes, z_stride, t_stride,
+        NUM_TEMPS: tl.constexpr, BLOCK: tl.constexpr, TEACHER_SWAP: tl.constexpr,
+        PSEUDO: tl.constexpr, DETACH: tl.constexpr, NEEDS_GRAD: tl.constexpr, FP64: tl.constexpr,
     ):  # fmt: skip
         """Row ``program_id(0)``: terms ``(2, M)``, swap flags ``(2, M)``, gradient rows ``(M, C)``."""
         row = tl.program_id(0)
@@ -112,10 +112,10 @@ if triton is not None:
         # per-column accumulators over the temperatures, reduced once after the loop
         kl = tl.zeros((BLOCK,), dtype)  # sum_T T^2 p (log p - log q)
         grad_ts = tl.zeros((BLOCK,), dtype)  # sum_T T (q - p)
-        t_gap = tl.zeros((BLOCK,), dtype)  # sum_T T (q [c = m] - q [c = y]): sums to sum_T T a_T
+        sum_t_gap = tl.zeros((), dtype)  # sum_T T a_T
         q_sum = tl.zeros((BLOCK,), dtype)  # sum_T q
         weighted_q = tl.zeros((BLOCK,), dtype)  # sum_T a_T q
-        for k in range(num_temps):
+        for k in range(NUM_TEMPS):
             temperature = tl.load(temps_ptr + k).to(dtype)
             inv = 1.0 / temperature
             # q = softmax(z / T) and log q
@@ -137,13 +137,14 @@ if triton is not None:
             if NEEDS_GRAD:
                 grad_ts += temperature * (q - p)
             if PSEUDO:
-                t_gap += temperature * (tl.where(is_top, q, 0.0) - tl.where(is_label, q, 0.0))
+                # a_T = q_m - q_y, with q_m = 1 / z_sum (the top column's exponential is 1):
+                # exactly zero when the student is right
+                a = (1.0 - tl.exp((z_label - z_max) * inv)) / z_sum
+                sum_t_gap += temperature * a
                 if NEEDS_GRAD:
-                    a = tl.exp(z_max * inv - z_lse) - tl.exp(z_label * inv - z_lse)
                     weighted_q += a * q
                     q_sum += q
         ts = tl.sum(kl, 0)
-        sum_t_gap = tl.sum(t_gap, 0)
         ss = gap * sum_t_gap
 
         nan = float("nan")
@@ -185,10 +186,10 @@ if triton is not None:
 
 def launch_shape(num_classes: int, fp64: bool = False) -> tuple[int, int]:
     """(block of columns, warps) for one row of ``num_classes``: four columns per thread in
-    float32 (two in float64), up to 16 warps. On sm_80 and sm_90 the kernels then keep
-    everything in registers up to 1024 classes and spill a few bytes per thread at 2048 and
-    4096; float64 spills some (slower, still exact). tests/helpers/compile_fused.py checks
-    this."""
+    float32 (two in float64), up to 16 warps. On sm_80 and sm_90 the kernels then spill at
+    most a few bytes of registers per thread (none up to 1000 classes in the flags SLD trains
+    with, under Triton 3.6 and 3.8); float64 spills more (slower, still exact).
+    tests/helpers/compile_fused.py checks this."""
     block = max(triton.next_power_of_2(num_classes), 16)
     warps = min(max(block // (64 if fp64 else 128), 1), 16)
     return block, warps
@@ -230,8 +231,8 @@ class FusedSwappedKL(torch.autograd.Function):
         _sld_forward_kernel[(num_rows,)](
             z, t, target, temperatures,
             terms, swapped, grad_ts, grad_ss,
-            num_rows, num_classes, temperatures.shape[0], z.stride(0), t.stride(0),
-            BLOCK=block, TEACHER_SWAP=bool(teacher_swap), PSEUDO=bool(pseudo_teacher),
+            num_rows, num_classes, z.stride(0), t.stride(0),
+            NUM_TEMPS=temperatures.shape[0], BLOCK=block, TEACHER_SWAP=bool(teacher_swap), PSEUDO=bool(pseudo_teacher),
             DETACH=bool(detach), NEEDS_GRAD=needs_grad, FP64=fp64, num_warps=warps,
         )  # fmt: skip
         ctx.pseudo_teacher = bool(pseudo_teacher)
