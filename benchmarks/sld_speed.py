@@ -1041,7 +1041,8 @@ def bench_step(settings: Settings, timer: Timer, shared: dict, bench: Bench) -> 
                 torch.cuda.reset_peak_memory_stats(settings.device)
                 timing = timer.measure(steps[epoch], s.step_iters, s.step_warmup)
                 peak = torch.cuda.max_memory_allocated(settings.device) / 2**20
-                rows.append({**fields, "epoch": epoch, **timing, "peak_mib": peak})
+                ops = count_torch_ops(steps[epoch])  # after the timing: graphs are recorded by then
+                rows.append({**fields, "epoch": epoch, **timing, "peak_mib": peak, "torch_ops": ops})
             del steps
             free_memory()
     else:  # a CPU is often shared: interleave the variants, one step of each per round
@@ -1051,7 +1052,10 @@ def bench_step(settings: Settings, timer: Timer, shared: dict, bench: Bench) -> 
                 steps[(index, epoch)] = step
                 keys.append((index, epoch))
         timings = timer.measure_interleaved(steps, s.step_iters, s.step_warmup)
-        rows.extend({**specs[index][0], "epoch": epoch, **timings[(index, epoch)], "peak_mib": None} for index, epoch in keys)
+        rows.extend(
+            {**specs[index][0], "epoch": epoch, **timings[(index, epoch)], "peak_mib": None, "torch_ops": count_torch_ops(steps[(index, epoch)])}
+            for index, epoch in keys
+        )
         del steps
         free_memory()
     for row in rows:
@@ -1125,10 +1129,10 @@ def released_cross_check(bench: Bench) -> dict:
 
 def step_tables(section) -> str:
     rows = [
-        [r["variant"], PRECISION_LABEL.get(r["precision"], r["precision"]), r["epoch"], r["median_ms"], r["wall_mean_ms"], r["images_per_s"], r["peak_mib"], r["x_slkd_fp32"], r.get("path")]
+        [r["variant"], PRECISION_LABEL.get(r["precision"], r["precision"]), r["epoch"], r["median_ms"], r["wall_mean_ms"], r["images_per_s"], r["peak_mib"], r.get("torch_ops"), r["x_slkd_fp32"], r.get("path")]
         for r in section["results"]
     ]
-    text = md_table(["variant", "precision", "epoch", "ms / step (median)", "ms / step (wall mean)", "images / s", "peak MiB", "x slkd fp32 (epoch 200)", "what runs"], rows)
+    text = md_table(["variant", "precision", "epoch", "ms / step (median)", "ms / step (wall mean)", "images / s", "peak MiB", "torch ops / step", "x slkd fp32 (epoch 200)", "what runs"], rows)
     text += "\n\n" + md_table(["ratio", "value"], [[name, value] for name, value in section["ratios"].items()])
     if section.get("released_check"):
         lines = [[epoch, name, v["slkd"], v["released"], v["abs_diff"]] for epoch, terms in section["released_check"].items() for name, v in terms.items()]

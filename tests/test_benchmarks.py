@@ -214,6 +214,8 @@ def test_opt_in_modes_run_through_every_section(tmp_path, monkeypatch, host):
     variants = {(row["variant"], row["precision"]) for row in step["results"]}
     assert {("slkd-fused", "fp32"), ("slkd-graphs", "fp32"), ("slkd-graphs", "bf16"), ("ce-only-graphs", "fp32")} <= variants
     assert "slkd-graphs_vs_ce_only_epoch200" in step["ratios"] and "slkd-graphs_bf16_vs_fp32" in step["ratios"]
+    ops = {(row["variant"], row["precision"], row["epoch"]): row["torch_ops"] for row in step["results"]}
+    assert ops[("slkd", "fp32", 200)] > ops[("ce-only", "fp32", 200)] > 0  # the loss's ops on top
     estimate = record["sections"]["epoch-estimate"]
     assert estimate["status"] == "ok" and estimate["modes"]["graphs"]["minutes"] > 0
     names = [target["target"] for target in record["targets"]]
