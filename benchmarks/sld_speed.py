@@ -1471,6 +1471,7 @@ def render(record: dict) -> str:
         "",
         f"Command: `{facts['command']}`",
         "",
+        *([] if record.get("complete", True) else ["**Partial record: written after each section; the run had not finished.**", ""]),
         md_table(["fact", "value"], [
             ["date (UTC)", facts["date"]],
             ["device", facts["device_name"]],
@@ -1512,6 +1513,35 @@ def result_path(args, record) -> Path:
     return out / f"{name}-{record['facts']['card']}-{date}.json"
 
 
+def record_paths(args, record) -> tuple:
+    """(JSON path or None, markdown path or None) of ``--out`` and ``--md``."""
+    out = result_path(args, record) if args.out else None
+    md = Path(args.md) if args.md else (out.with_suffix(".md") if out else None)
+    return out, md
+
+
+def write_record(record: dict, settings: Settings, args, done: bool) -> str:
+    """Judge the targets, write the JSON and markdown where asked, return the markdown.
+    ``complete`` is False while sections are still to run."""
+    record["complete"] = done
+    record["facts"]["load_average_end"] = load_average()
+    record["targets"] = targets(record, settings)
+    text = render(record)
+    out, md = record_paths(args, record)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomically(out, json.dumps(record, indent=2, default=str) + "\n")
+    if md:
+        _write_atomically(md, text)
+    return text
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
@@ -1545,57 +1575,55 @@ def main(argv=None) -> int:
     print(f"[sld_speed] {record['facts']['device_name']}, torch {torch.__version__}, sections: {', '.join(args.sections)}", flush=True)
 
     failed = False
-    for name in args.sections:
-        started = time.perf_counter()
-        if name == "sync" and not settings.cuda:
-            section = {"status": "skipped", "reason": "CUDA only: torch's sync debug mode checks host-device synchronisation"}
-        elif name != "loss" and host is None:
-            section = {"status": "skipped", "reason": no_host_reason}
-        else:
-            try:
-                if name == "loss":
-                    section = bench_loss(settings, timer, shared)
-                elif name == "step":
-                    section = bench_step(settings, timer, shared, bench)
-                elif name == "sync":
-                    section = bench_sync(settings, timer, shared, bench)
-                elif name == "loader":
-                    section = bench_loader(settings, timer, shared, bench)
-                    shared["loader_result"] = section
-                else:
-                    section = bench_estimate(settings, timer, shared, bench)
-            except Exception as error:
-                failed = True
-                section = {"status": "error", "reason": short_error(error, 1000), "traceback": traceback.format_exc()}
-                print(section["traceback"], file=sys.stderr, flush=True)
-        section["seconds"] = time.perf_counter() - started
-        record["sections"][name] = section
-        print(f"[sld_speed] {name}: {section['status']} in {section['seconds']:.1f} s", flush=True)
+    try:
+        for name in args.sections:
+            started = time.perf_counter()
+            if name == "sync" and not settings.cuda:
+                section = {"status": "skipped", "reason": "CUDA only: torch's sync debug mode checks host-device synchronisation"}
+            elif name != "loss" and host is None:
+                section = {"status": "skipped", "reason": no_host_reason}
+            else:
+                try:
+                    if name == "loss":
+                        section = bench_loss(settings, timer, shared)
+                    elif name == "step":
+                        section = bench_step(settings, timer, shared, bench)
+                    elif name == "sync":
+                        section = bench_sync(settings, timer, shared, bench)
+                    elif name == "loader":
+                        section = bench_loader(settings, timer, shared, bench)
+                        shared["loader_result"] = section
+                    else:
+                        section = bench_estimate(settings, timer, shared, bench)
+                except Exception as error:
+                    failed = True
+                    section = {"status": "error", "reason": short_error(error, 1000), "traceback": traceback.format_exc()}
+                    print(section["traceback"], file=sys.stderr, flush=True)
+            section["seconds"] = time.perf_counter() - started
+            record["sections"][name] = section
+            print(f"[sld_speed] {name}: {section['status']} in {section['seconds']:.1f} s", flush=True)
+            free_memory()
+            write_record(record, settings, args, done=False)  # a run cut short keeps its finished sections
+        for key in [key for key in shared if key.startswith("loader_trainer")]:
+            shared.pop(key)
         free_memory()
-    for key in [key for key in shared if key.startswith("loader_trainer")]:
-        shared.pop(key)
-    free_memory()
 
-    record["facts"]["load_average_end"] = load_average()
-    record["targets"] = targets(record, settings)
-    text = render(record)
-    print()
-    print(text)
-    out = result_path(args, record) if args.out else None
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(record, indent=2, default=str) + "\n")
-        print(f"[sld_speed] wrote {out}")
-    md_path = args.md or (str(out.with_suffix(".md")) if out else None)
-    if md_path:
-        Path(md_path).write_text(text)
-        print(f"[sld_speed] wrote {md_path}")
-    if settings.workdir:
-        import shutil
+        text = write_record(record, settings, args, done=True)
+        print()
+        print(text)
+        for path in filter(None, record_paths(args, record)):
+            print(f"[sld_speed] wrote {path}")
+    finally:  # also when Ctrl-C or a time limit stops the run
+        if settings.workdir:
+            import shutil
 
-        shutil.rmtree(settings.workdir, ignore_errors=True)
+            shutil.rmtree(settings.workdir, ignore_errors=True)
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
+    import signal
+
+    # a time limit's SIGTERM (timeout(1)) unwinds like Ctrl-C: temporary run folders are removed
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     sys.exit(main())

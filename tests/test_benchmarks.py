@@ -84,7 +84,7 @@ def check_targets(record):
 @pytest.mark.slow
 def test_quick_run_writes_a_complete_record(quick):
     record, proc, folder = quick
-    assert record["schema"] == "slkd-sld-speed/1"
+    assert record["schema"] == "slkd-sld-speed/1" and record["complete"] is True
     for fact in FACTS:
         assert fact in record["facts"], fact
     assert record["facts"]["device"] == "cpu"
@@ -244,3 +244,22 @@ def test_ce_only_baseline_runs_the_networks_as_sld_does(tmp_path, host):
     batch = settings.batch
     assert calls["SLD"] == [("student", (batch, 3, 32, 32))] * 2 + [("teacher", (2 * batch, 3, 32, 32))]
     assert calls["CE"] == calls["SLD"]
+
+
+@pytest.mark.host
+def test_a_run_cut_short_keeps_its_finished_sections(tmp_path, monkeypatch, host):
+    """A GPU call can hit its time limit: the record is rewritten after every section."""
+    script = load_script()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # what a time limit's signal looks like to the sections after
+
+    monkeypatch.setattr(script, "bench_step", killed)
+    out = tmp_path / "partial.json"
+    with pytest.raises(KeyboardInterrupt):
+        script.main(["--quick", "--device", "cpu", "--only", "loss,step", "--out", str(out)])
+    record = json.loads(out.read_text())
+    assert record["complete"] is False and list(record["sections"]) == ["loss"]
+    assert record["sections"]["loss"]["status"] == "ok"
+    assert "Partial record" in out.with_suffix(".md").read_text()
+    assert not list(tmp_path.glob("*.partial"))
