@@ -12,7 +12,8 @@
 # 4. torchrun with one process (the DDP path) against the plain launcher;
 # 5. SLD in bf16 and bf16 + channels_last, same seed as 4's plain run;
 # 6. the opt-in modes through slkd-train, same seed as 4's plain run: --fused-loss, and
-#    --cuda-graphs --fused-loss in fp32 and bf16 (their metrics should match plain and bf16);
+#    --cuda-graphs --fused-loss in fp32 and bf16 (their metrics should match plain and bf16,
+#    which part 6 runs itself when parts 4 and 5 are not chosen);
 # Each part writes into $RESULTS and a failed part does not stop the others.
 # DEVICE=cpu QUICK=1 runs the same parts small, to check the script itself.
 set -u
@@ -82,6 +83,8 @@ if wanted 6 && [ "$DEVICE" != cuda ]; then
   part "6. skipped: the fused loss and CUDA graphs need DEVICE=cuda"
 elif wanted 6; then
   part "6. fused loss and CUDA graphs"
+  wanted 4 || train plain "$PY" -m slkd.run.train  # the eager runs to compare with
+  wanted 5 || train bf16 "$PY" -m slkd.run.train --amp bf16
   train fused "$PY" -m slkd.run.train --fused-loss
   train graphs "$PY" -m slkd.run.train --fused-loss --cuda-graphs
   train graphs_bf16 "$PY" -m slkd.run.train --fused-loss --cuda-graphs --amp bf16
