@@ -263,3 +263,43 @@ def test_a_run_cut_short_keeps_its_finished_sections(tmp_path, monkeypatch, host
     assert record["sections"]["loss"]["status"] == "ok"
     assert "Partial record" in out.with_suffix(".md").read_text()
     assert not list(tmp_path.glob("*.partial"))
+
+
+@pytest.mark.host
+def test_sync_check_with_graphs_covers_replays_only(tmp_path, monkeypatch, host):
+    """Recording a CUDA graph synchronises by design (torch.cuda.graph), so the sync check of
+    the graphs mode must start once its step is recorded, at each pseudo-teacher state. Run
+    here with the CPU stand-in for graphs and the debug mode stubbed."""
+    from slkd.host import graphs, trainer
+    from tests.helpers.graphs import ReplayBackend
+
+    script = load_script()
+    monkeypatch.setattr(
+        trainer.SLKDTrainer, "_step_graphs",
+        lambda self: graphs.StepGraphs(ReplayBackend()) if self.cfg.SLKD.CUDA_GRAPHS else None,
+    )  # fmt: skip
+    settings = script.Settings(script.parse_args(["--quick", "--device", "cpu", "--precisions", "fp32"]))
+    settings.workdir = str(tmp_path)
+    settings.fast_modes = ["graphs"]
+    bench = script.Bench(settings, host, {})
+    trainer_of_step = {}
+    make_step = bench.trainer_step
+
+    def tagged_step(trainer, epoch):
+        step = make_step(trainer, epoch)
+        trainer_of_step[step] = trainer
+        return step
+
+    monkeypatch.setattr(bench, "trainer_step", tagged_step)
+    states = []
+
+    def checked(step, steps):
+        step_graphs = trainer_of_step[step].step_graphs if step in trainer_of_step else None
+        if step_graphs is not None:
+            states.append(any(signature[0] == step_graphs.key for signature in step_graphs.captured))
+        return {"passed": True, "error": None, "where": None, "steps_done": steps}
+
+    monkeypatch.setattr(script, "run_under_sync_error", checked)
+    section = script.bench_sync(settings, script.Timer(settings.device), {}, bench)
+    assert {check["variant"] for check in section["results"]} >= {"slkd", "slkd-graphs"}
+    assert states == [True] * 4  # fp32 and bf16, pseudo-teacher off and on
