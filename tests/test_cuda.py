@@ -63,7 +63,10 @@ def test_cuda_graph_training_equals_eager_training(tmp_path, amp, monkeypatch):
     from pathlib import Path
 
     from slkd.utils.distributed import DistContext
+    from tests.helpers import tiny
 
+    # SLD's kind of key (epochs 3 and 4 share one), so that the small batch gets its graph
+    monkeypatch.setattr(tiny.TinyDistiller, "graph_key", lambda self, epoch: self.criterion.pseudo_teacher_on(epoch), raising=False)
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)  # no atomics: runs comparable
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
 
@@ -87,6 +90,8 @@ def test_cuda_graph_training_equals_eager_training(tmp_path, amp, monkeypatch):
         torch.testing.assert_close(runs["graphs"][1][key], value, rtol=1e-5, atol=1e-6, msg=key)
     trainer = runs["graphs"][2]
     assert trainer.step_graphs.replays > 0
+    recorded_batches = {signature[1][0][0][0] for signature in trainer.step_graphs.captured}
+    assert recorded_batches == {10, 4}, recorded_batches  # the full batches' graph and the small one's
     images, target, extras = trainer._to_device(next(iter(trainer.train_loader)))
     assert torch.isfinite(_steps_without_sync(trainer, images, target, extras, epoch=4)).item()
     assert Path(tmp_path / "graphs" / "tiny" / "run" / "summary.json").is_file()

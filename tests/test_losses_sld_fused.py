@@ -66,7 +66,9 @@ def test_fused_float32_matches_eager_and_reference(shape, epoch, detach):
     ref_value, ref_grad = ref_value_and_grad(z, t, y, epoch, temperatures=(1, 2, 3, 4, 5, 6), detach=detach)
     assert value.dtype == torch.float32 and grad.dtype == torch.float32
     torch.testing.assert_close(value, eager_value, rtol=2e-6, atol=1e-6)
-    torch.testing.assert_close(grad, eager_grad, rtol=1e-5, atol=1e-7)
+    # compiled for a GPU, float32 exp and division use the fast approximate instructions,
+    # a few ulp from the interpreter's (and from each other): the reference's tolerance then
+    torch.testing.assert_close(grad, eager_grad, rtol=1e-5, atol=1e-6 if DEVICE == "cuda" else 1e-7)
     torch.testing.assert_close(value.double(), ref_value, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-4, atol=1e-6)
 
