@@ -399,6 +399,27 @@ def test_sld_rejects_an_invalid_node(host):
         host.distiller_dict["SLD"](student, teacher, cfg)
 
 
+@pytest.mark.parametrize("training", [False, True], ids=["eval-one-pass", "train-per-view"])
+def test_teacher_logits_are_the_views_rows_in_order(host, training):
+    """Both views' teacher rows, weak then strong: one forward pass in eval mode (the same
+    logits, BatchNorm using its running statistics), one per view in training mode."""
+    from slkd.host.distillers import teacher_logits
+
+    cfg = _cfg(host, RES8X4, ["DISTILLER.TEACHER", "resnet20", "DISTILLER.STUDENT", "resnet8"])
+    teacher, _ = _models(host, cfg, seed=5)
+    teacher.train(training)
+    weak, strong, _ = _views(4, seed=6)
+    with torch.no_grad():
+        expected = torch.cat([teacher(weak)[0], teacher(strong)[0]])
+    batches = []
+    hook = teacher.register_forward_hook(lambda module, inputs, output: batches.append(inputs[0].shape[0]))
+    rows = teacher_logits(teacher, [weak, strong])
+    hook.remove()
+    assert batches == ([4, 4] if training else [8])
+    torch.testing.assert_close(rows, expected, rtol=1e-5, atol=1e-5)
+    assert not rows.requires_grad
+
+
 # --------------------------------------------------------------------------- (d) MLKD
 def test_mlkd_one_step(host):
     from slkd.host.distillers import MLKD

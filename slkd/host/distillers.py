@@ -65,18 +65,12 @@ class SLD(Distiller):
         epoch = _required_epoch(kwargs, "SLD")
         views = _views(self.strong_view, image_weak, image_strong, kwargs.get("image"), "SLD")
         student = [self.student(view)[0] for view in views]
-        teacher = teacher_logits(self.teacher, views)
         batch = target.shape[0]
         student_rows = torch.cat(student) if len(views) > 1 else student[0]
         targets = target.repeat(len(views))
         # the views have equal sizes: views x the mean over all rows = the sum of per-view means
         loss_ce = self.ce_weight * len(views) * F.cross_entropy(student_rows, targets)
-        terms = self.criterion.terms(
-            student_rows,
-            torch.cat(teacher) if len(views) > 1 else teacher[0],
-            targets,
-            epoch,
-        )
+        terms = self.criterion.terms(student_rows, teacher_logits(self.teacher, views), targets, epoch)
         # sum over all rows of both views / batch = sum over views of the per-view mean
         teacher_term = terms.teacher_swap.sum() / batch
         student_term = terms.student_swap.sum() / batch
@@ -114,7 +108,7 @@ class MLKD(Distiller):
     def forward_train(self, image_weak=None, image_strong=None, target=None, **kwargs):
         weak, strong = _views(True, image_weak, image_strong, kwargs.get("image"), "MLKD")
         student_weak, student_strong = self.student(weak)[0], self.student(strong)[0]
-        teacher_weak, teacher_strong = teacher_logits(self.teacher, [weak, strong])
+        teacher_weak, teacher_strong = teacher_logits(self.teacher, [weak, strong]).chunk(2)
         losses = mlkd_losses(
             student_weak,
             student_strong,
@@ -129,16 +123,19 @@ class MLKD(Distiller):
 
 
 @torch.no_grad()
-def teacher_logits(teacher, views: list) -> list:
-    """The teacher's logits for each view, without gradient.
+def teacher_logits(teacher, views: list) -> torch.Tensor:
+    """The teacher's logits for the rows of all ``views``, one view after the other
+    (``(views x B, C)``), without gradient.
 
     In eval mode BatchNorm uses its running statistics, so the teacher's output for an image
     does not depend on the rest of the batch: the views go through in one forward pass (half
     the kernel launches). A teacher left in training mode runs each view on its own.
     """
-    if teacher.training or len(views) == 1:
-        return [teacher(view)[0] for view in views]
-    return list(teacher(torch.cat(views))[0].chunk(len(views)))
+    if len(views) == 1:
+        return teacher(views[0])[0]
+    if teacher.training:
+        return torch.cat([teacher(view)[0] for view in views])
+    return teacher(torch.cat(views))[0]
 
 
 def _required_epoch(kwargs: dict, method: str) -> int:
