@@ -487,11 +487,11 @@ def seed_everything(seed: int, epoch: int) -> None:
 def _check_fused_loss_device(distiller, device) -> None:
     """ConfigError unless the distiller's fused SLD loss (``SLKD.FUSED_LOSS``) can run on
     ``device``; distillers without one ignore the option."""
-    if not getattr(getattr(distiller, "criterion", None), "fused", False) or device.type == "cuda":
+    if not getattr(getattr(distiller, "criterion", None), "fused", False):
         return
-    from slkd.losses.sld_fused import INTERPRETED
+    from slkd.losses.sld_fused import runs_on
 
-    if not INTERPRETED:
+    if not runs_on(device):
         raise ConfigError(
             f"SLKD.FUSED_LOSS runs on CUDA devices, this run is on {device.type}: set SLKD.FUSED_LOSS "
             "False (or drop --fused-loss)"

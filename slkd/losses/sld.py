@@ -284,8 +284,9 @@ class SLDLoss(nn.Module):
     """:func:`sld_loss` with its settings held, e.g. ``SLDLoss(gamma=150)(z, t, y, epoch)``.
 
     The temperatures live in non-persistent buffers (float64, and float32 for float32
-    arithmetic), so they follow ``.to(device)`` and cost no host-to-device copy per call. ``fused=True`` computes with the Triton kernels of
-    :mod:`slkd.losses.sld_fused` (CUDA tensors).
+    arithmetic), so they follow ``.to(device)`` and cost no host-to-device copy per call.
+    ``fused=True`` computes with the Triton kernels of :mod:`slkd.losses.sld_fused` (CUDA
+    tensors).
     """
 
     def __init__(

@@ -48,12 +48,17 @@ def fused_available() -> str | None:
     return None
 
 
+def runs_on(device: torch.device) -> bool:
+    """Whether the kernels run on ``device``: CUDA, or any device in the interpreter."""
+    return device.type == "cuda" or INTERPRETED
+
+
 def check_fused_inputs(logits: torch.Tensor) -> None:
     """ValueError naming the fix when the fused kernels cannot take ``logits``."""
     reason = fused_available()
     if reason:
         raise ValueError(f"the fused SLD loss needs Triton: {reason}; or use the eager loss (fused=False, SLKD.FUSED_LOSS False)")
-    if logits.device.type != "cuda" and not INTERPRETED:
+    if not runs_on(logits.device):
         raise ValueError(
             f"the fused SLD loss runs on CUDA tensors, got {logits.device.type}: use the eager loss "
             "there (fused=False, SLKD.FUSED_LOSS False)"
