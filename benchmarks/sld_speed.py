@@ -999,6 +999,12 @@ def calibrate_batchnorm(model, images):
 # =========================================================================== #
 # 2. step
 # =========================================================================== #
+def step_epochs(precision: str) -> tuple:
+    """The epochs a step variant is timed at: both pseudo-teacher states in fp32, the
+    pseudo-teacher on (the costlier step) otherwise."""
+    return (EPOCH_OFF, EPOCH_ON) if precision == "fp32" else (EPOCH_ON,)
+
+
 def bench_step(settings: Settings, timer: Timer, shared: dict, bench: Bench) -> dict:
     rows, notes = [], []
     s = settings
@@ -1007,7 +1013,7 @@ def bench_step(settings: Settings, timer: Timer, shared: dict, bench: Bench) -> 
     # trainer (or released-style loop) once and returns one step closure per epoch
     specs = []
     for precision in s.precisions:
-        epochs = (EPOCH_OFF, EPOCH_ON) if precision == "fp32" else (EPOCH_ON,)
+        epochs = step_epochs(precision)
         specs.append(({"variant": "slkd", "precision": precision, "path": "SLKDTrainer._step"}, epochs,
                       lambda epochs, precision=precision: bench.trainer_steps(bench.trainer("SLD", precision), epochs)))
     specs.append(({"variant": "ce-only", "precision": "fp32", "path": "SLKDTrainer._step, CE-only two-view distiller"}, (EPOCH_ON,),
@@ -1017,7 +1023,7 @@ def bench_step(settings: Settings, timer: Timer, shared: dict, bench: Bench) -> 
         for precision in s.precisions:
             if precision == "fp16":
                 continue  # no fp16 under CUDA graphs (the scaler syncs); the eager row has it
-            epochs = (EPOCH_OFF, EPOCH_ON) if precision == "fp32" else (EPOCH_ON,)
+            epochs = step_epochs(precision)
             specs.append(({"variant": f"slkd-{mode}", "precision": precision, "path": paths[mode]}, epochs,
                           lambda epochs, precision=precision, mode=mode: bench.trainer_steps(bench.trainer("SLD", precision, mode=mode), epochs)))
     if "graphs" in s.fast_modes:
@@ -1292,6 +1298,11 @@ def loader_tables(section) -> str:
 # =========================================================================== #
 # 5. epoch estimate
 # =========================================================================== #
+def loader_fed_ms(loader_section: dict) -> float:
+    """ms per iteration of the epoch fed by slkd's train loader, from a loader section."""
+    return next(row["ms_per_iter"] for row in loader_section["results"] if row["feed"] == "slkd train_loader")
+
+
 def bench_estimate(settings: Settings, timer: Timer, shared: dict, bench: Bench) -> dict:
     notes = []
     loader = shared.get("loader_result")
@@ -1299,14 +1310,11 @@ def bench_estimate(settings: Settings, timer: Timer, shared: dict, bench: Bench)
         notes.append("the loader sub-benchmark was not selected: its slkd-loader measurement ran here")
         loader = bench_loader(settings, timer, shared, bench, contrast=False)
     trainer = shared.pop("loader_trainer_eager")
-    fed = next(row for row in loader["results"] if row["feed"] == "slkd train_loader")
-    iteration_ms = fed["ms_per_iter"]
+    iteration_ms = loader_fed_ms(loader)
     fast = {}
-    for mode in settings.fast_modes:
-        if mode == "graphs":  # the fastest exact mode: CUDA graphs with the fused loss
-            measured = bench_loader(settings, timer, shared, bench, contrast=False, mode=mode)
-            shared.pop(f"loader_trainer_{mode}", None)
-            fast[mode] = next(row for row in measured["results"] if row["feed"] == "slkd train_loader")["ms_per_iter"]
+    if "graphs" in settings.fast_modes:  # the fastest exact mode: CUDA graphs with the fused loss
+        fast["graphs"] = loader_fed_ms(bench_loader(settings, timer, shared, bench, contrast=False, mode="graphs"))
+        shared.pop("loader_trainer_graphs")
     if settings.fast_modes_note:
         notes.append(settings.fast_modes_note)
 
@@ -1527,6 +1535,8 @@ def record_paths(args, record) -> tuple:
 def write_record(record: dict, settings: Settings, args, done: bool) -> str:
     """Judge the targets, write the JSON and markdown where asked, return the markdown.
     ``complete`` is False while sections are still to run."""
+    from slkd.utils.records import write_text_atomically
+
     record["complete"] = done
     record["facts"]["load_average_end"] = load_average()
     record["targets"] = targets(record, settings)
@@ -1534,16 +1544,33 @@ def write_record(record: dict, settings: Settings, args, done: bool) -> str:
     out, md = record_paths(args, record)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(out, json.dumps(record, indent=2, default=str) + "\n")
+        write_text_atomically(out, json.dumps(record, indent=2, default=str) + "\n")
     if md:
-        _write_atomically(md, text)
+        write_text_atomically(md, text)
     return text
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, path)
+def run_section(name: str, settings: Settings, timer: Timer, shared: dict, bench, no_host_reason) -> dict:
+    """One sub-benchmark's section: its results, or why it was skipped, or its error."""
+    if name == "sync" and not settings.cuda:
+        return {"status": "skipped", "reason": "CUDA only: torch's sync debug mode checks host-device synchronisation"}
+    if name != "loss" and bench is None:
+        return {"status": "skipped", "reason": no_host_reason}
+    try:
+        if name == "loss":
+            return bench_loss(settings, timer, shared)
+        if name == "step":
+            return bench_step(settings, timer, shared, bench)
+        if name == "sync":
+            return bench_sync(settings, timer, shared, bench)
+        if name == "loader":
+            shared["loader_result"] = bench_loader(settings, timer, shared, bench)
+            return shared["loader_result"]
+        return bench_estimate(settings, timer, shared, bench)
+    except Exception as error:
+        section = {"status": "error", "reason": short_error(error, 1000), "traceback": traceback.format_exc()}
+        print(section["traceback"], file=sys.stderr, flush=True)
+        return section
 
 
 def main(argv=None) -> int:
@@ -1582,27 +1609,8 @@ def main(argv=None) -> int:
     try:
         for name in args.sections:
             started = time.perf_counter()
-            if name == "sync" and not settings.cuda:
-                section = {"status": "skipped", "reason": "CUDA only: torch's sync debug mode checks host-device synchronisation"}
-            elif name != "loss" and host is None:
-                section = {"status": "skipped", "reason": no_host_reason}
-            else:
-                try:
-                    if name == "loss":
-                        section = bench_loss(settings, timer, shared)
-                    elif name == "step":
-                        section = bench_step(settings, timer, shared, bench)
-                    elif name == "sync":
-                        section = bench_sync(settings, timer, shared, bench)
-                    elif name == "loader":
-                        section = bench_loader(settings, timer, shared, bench)
-                        shared["loader_result"] = section
-                    else:
-                        section = bench_estimate(settings, timer, shared, bench)
-                except Exception as error:
-                    failed = True
-                    section = {"status": "error", "reason": short_error(error, 1000), "traceback": traceback.format_exc()}
-                    print(section["traceback"], file=sys.stderr, flush=True)
+            section = run_section(name, settings, timer, shared, bench, no_host_reason)
+            failed |= section["status"] == "error"
             section["seconds"] = time.perf_counter() - started
             record["sections"][name] = section
             print(f"[sld_speed] {name}: {section['status']} in {section['seconds']:.1f} s", flush=True)

@@ -82,16 +82,16 @@ class RunRecord:
         if not self.enabled:
             return
         self.metrics_path.unlink(missing_ok=True)
-        _write_text(self.folder / "config.yaml", cfg.dump())
-        _write_text(self.folder / "command.txt", " ".join(argv) + "\n")
-        _write_text(self.folder / "environment.json", json.dumps(env, indent=2, default=str) + "\n")
+        write_text_atomically(self.folder / "config.yaml", cfg.dump())
+        write_text_atomically(self.folder / "command.txt", " ".join(argv) + "\n")
+        write_text_atomically(self.folder / "environment.json", json.dumps(env, indent=2, default=str) + "\n")
 
     def truncate_after(self, epoch: int) -> None:
         """Drop metric lines of epochs after ``epoch`` (left by a run killed before its checkpoint)."""
         if not self.enabled or not self.metrics_path.exists():
             return
         kept = [line for line in self.read_metrics() if line["epoch"] <= epoch]
-        _write_text(self.metrics_path, "".join(json.dumps(line) + "\n" for line in kept))
+        write_text_atomically(self.metrics_path, "".join(json.dumps(line) + "\n" for line in kept))
 
     def log_epoch(self, metrics: dict) -> None:
         """Append one epoch's metrics."""
@@ -106,10 +106,12 @@ class RunRecord:
 
     def write_summary(self, summary: dict) -> None:
         if self.enabled:
-            _write_text(self.folder / "summary.json", json.dumps(summary, indent=2) + "\n")
+            write_text_atomically(self.folder / "summary.json", json.dumps(summary, indent=2) + "\n")
 
 
-def _write_text(path: Path, text: str) -> None:
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file beside it: a reader (or a run
+    killed meanwhile) sees the old file or the new one, never half of one."""
     temporary = path.with_name("." + path.name + ".tmp")
     temporary.write_text(text)
     os.replace(temporary, path)
