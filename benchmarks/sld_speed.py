@@ -81,6 +81,7 @@ PRECISION_LABEL = {
 }
 FULL_RUN = {"epochs": 240, "iterations_per_epoch": 782, "batch": 64, "test_images": 10000}
 SYNC_STEPS = 20
+STEP_REWARM = 2  # steps of each variant, after all are built, before the interleaved timing
 SYNC_WARMUP = 3  # eager steps before the check: allocator, cuDNN autotuning, Triton compilation
 
 
@@ -96,7 +97,7 @@ def parse_args(argv=None):
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sub-benchmarks out of {','.join(SECTIONS)} (default: all)")
     parser.add_argument("--iters", type=int, default=None, help="timed iterations per measurement (default: loss 200 on CUDA / 50 on CPU; step 200 / 5)")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up iterations per measurement (default: loss 30 / 10; step 30 / 2)")
-    parser.add_argument("--loader-iters", type=int, default=None, help="iterations K of the loader runs (default 200 on CUDA, 5 on CPU)")
+    parser.add_argument("--loader-iters", type=int, default=None, help="iterations K of the loader runs (default 782, a CIFAR-100 epoch, on CUDA; 5 on CPU)")
     parser.add_argument("--eval-images", type=int, default=None, help="test images in the measured evaluation pass (default 10000 on CUDA, 256 on CPU); scaled to 10000")
     parser.add_argument("--batch", type=int, default=None, help="training batch (default 64; 4 with --quick)")
     parser.add_argument("--teacher", default=None, help="default resnet32x4 (resnet14 with --quick)")
@@ -144,7 +145,8 @@ class Settings:
             loader_iters, eval_images = 2, 16
         elif cuda:
             loss_iters, loss_warmup, step_iters, step_warmup = 200, 30, 200, 30
-            loader_iters, eval_images = 200, FULL_RUN["test_images"]
+            # a whole CIFAR-100 epoch: the start of an epoch's prefetching counts as in a run
+            loader_iters, eval_images = FULL_RUN["iterations_per_epoch"], FULL_RUN["test_images"]
         else:
             loss_iters, loss_warmup, step_iters, step_warmup = 50, 10, 5, 2
             loader_iters, eval_images = 5, 256
@@ -555,6 +557,8 @@ def bench_loss(settings: Settings, timer: Timer, shared: dict) -> dict:
         compiled = torch.compile(lambda *a: slkd_fn(*a), dynamic=False, mode=None if settings.compile_mode == "default" else settings.compile_mode)
     else:
         notes.append("slkd-compiled: skipped (" + ("--quick" if settings.quick else "--compile off") + ")")
+    if "graphs" in settings.fast_modes:
+        notes.append("slkd-fused-graph: slkd-fused's forward and backward recorded once as a CUDA graph and replayed (one launch), as the loss runs inside the step under --cuda-graphs")
 
     results, checks = [], []
     for batch, classes in settings.loss_sizes:
@@ -587,22 +591,18 @@ def bench_loss(settings: Settings, timer: Timer, shared: dict) -> dict:
                         compiled = None
                         continue
                 loss, grads = run_once()
-                value = loss.detach().double().item()
                 if reference is None:
-                    reference = (value, [g.detach().double() for g in grads])
-                check = {
-                    "size": size,
-                    "epoch": epoch,
-                    "impl": name,
-                    "value": value,
-                    "literal_value": reference[0],
-                    "abs_diff_fp32": abs(value - reference[0]),
-                    "grad_max_abs_diff_fp32": max((g.detach().double() - r).abs().max().item() for g, r in zip(grads, reference[1])),
-                    "abs_diff_fp64": float64_difference(impl, name, inputs, epoch),
-                }
-                checks.append(check)
+                    reference = (loss.detach().double().item(), [g.detach().double() for g in grads])
+                checks.append(correctness_row(size, epoch, name, loss, grads, reference, float64_difference(impl, name, inputs, epoch)))
                 runners[name] = run_once
                 extra[name] = {"compile_seconds": compile_seconds, "torch_ops": None if name == "slkd-compiled" else count_torch_ops(run_once)}
+            if "graphs" in settings.fast_modes:
+                # the fused loss as it runs inside a step under --cuda-graphs: recorded once, replayed
+                name = "slkd-fused-graph"
+                runners[name] = graph_replay(runners["slkd-fused"], device)
+                loss, grads = runners[name]()
+                checks.append(correctness_row(size, epoch, name, loss, grads, reference, None))
+                extra[name] = {"compile_seconds": None, "torch_ops": 0}
             if settings.cuda:
                 for name, run_once in runners.items():
                     if name not in timings:
@@ -645,6 +645,45 @@ class _OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def correctness_row(size, epoch, name, loss, grads, reference, abs_diff_fp64) -> dict:
+    """One implementation's loss and gradients against ``reference`` (the literal loss's
+    value and gradients, float64 copies of its float32 results)."""
+    value = loss.detach().double().item()
+    return {
+        "size": size,
+        "epoch": epoch,
+        "impl": name,
+        "value": value,
+        "literal_value": reference[0],
+        "abs_diff_fp32": abs(value - reference[0]),
+        "grad_max_abs_diff_fp32": max((g.detach().double() - r).abs().max().item() for g, r in zip(grads, reference[1])),
+        "abs_diff_fp64": abs_diff_fp64,
+    }
+
+
+def graph_backend(device: torch.device):
+    """slkd's CUDA-graph backend (the trainer's, under --cuda-graphs) for ``device``."""
+    from slkd.host.graphs import CudaGraphBackend
+
+    return CudaGraphBackend(device)
+
+
+def graph_replay(run_once, device: torch.device):
+    """``run_once`` (no arguments, returns tensors) recorded as one CUDA graph: returns a
+    closure that replays it and returns the recorded outputs, rewritten in place."""
+    backend = graph_backend(device)
+    with backend.stream_context():
+        for _ in range(3):  # lazy set-up (Triton's compilation, the allocator) outside the recording
+            run_once()
+        graph, outputs = backend.capture(run_once)
+
+    def replay():
+        backend.replay(graph)
+        return outputs
+
+    return replay
+
+
 def count_torch_ops(run_once) -> int:
     """Torch ops (forward and backward) one call makes: at these sizes the loss is bound by
     launches, so this is the machine-independent part of its time. Triton launches of the
@@ -684,7 +723,7 @@ def loss_tables(section) -> str:
         rows.append([size, epoch, "on" if epoch > GAMMA else "off"] + [cells[n]["median_ms"] if n in cells else None for n in impls] + [slkd["x_literal"] if slkd else None, slkd["x_literal_min"] if slkd else None])
     text = md_table(headers, rows)
     ops = [[size, epoch] + [cells[n].get("torch_ops") if n in cells else None for n in impls] for (size, epoch), cells in by_key.items()]
-    text += "\n\nTorch ops per call, forward and backward (views left out; slkd-fused adds 2 Triton launches):\n\n"
+    text += "\n\nTorch ops per call, forward and backward (views left out; slkd-fused adds 2 Triton launches; slkd-fused-graph is one graph launch):\n\n"
     text += md_table(["size", "epoch"] + impls, ops)
     diffs = [[c["size"], c["epoch"], c["impl"], c["value"], c["abs_diff_fp32"], c["grad_max_abs_diff_fp32"], c["abs_diff_fp64"]] for c in section["correctness"] if c["impl"] != "literal"]
     text += "\n\nCorrectness against the literal implementation (same inputs):\n\n"
@@ -1041,30 +1080,31 @@ def bench_step(settings: Settings, timer: Timer, shared: dict, bench: Bench) -> 
         specs.append(({"variant": variant, "precision": "fp32", "path": f"AugTrainer-style loop, {wrapper}{what}"}, (EPOCH_OFF, EPOCH_ON),
                       lambda epochs, real=real: bench.released_steps(bench.released_distiller(real=real), epochs)))  # fmt: skip
 
-    if settings.cuda:  # one variant at a time with its peak memory, then freed
-        for fields, epochs, build in specs:
-            steps = build(epochs)
-            for epoch in epochs:
+    # every variant built and warmed up first (on a GPU, its peak memory: what it holds, with
+    # one step's activations, above what was held before it was built), then all timed
+    # interleaved, one step of each per round, so that a slower spell of the host (a shared
+    # machine, a virtual one) falls on every variant alike and the ratios stay fair
+    # (one trainer per epoch: a CUDA-graph trainer keeps the graphs of one epoch's key only)
+    steps, peaks = {}, {}
+    for index, (fields, epochs, build) in enumerate(specs):
+        for epoch in epochs:
+            held_before = torch.cuda.memory_allocated(settings.device) if settings.cuda else 0
+            step = build((epoch,))[epoch]
+            if settings.cuda:
                 torch.cuda.reset_peak_memory_stats(settings.device)
-                timing = timer.measure(steps[epoch], s.step_iters, s.step_warmup)
-                peak = torch.cuda.max_memory_allocated(settings.device) / 2**20
-                ops = count_torch_ops(steps[epoch])  # after the timing: graphs are recorded by then
-                rows.append({**fields, "epoch": epoch, **timing, "peak_mib": peak, "torch_ops": ops})
-            del steps
-            free_memory()
-    else:  # a CPU is often shared: interleave the variants, one step of each per round
-        steps, keys = {}, []
-        for index, (fields, epochs, build) in enumerate(specs):
-            for epoch, step in build(epochs).items():
-                steps[(index, epoch)] = step
-                keys.append((index, epoch))
-        timings = timer.measure_interleaved(steps, s.step_iters, s.step_warmup)
-        rows.extend(
-            {**specs[index][0], "epoch": epoch, **timings[(index, epoch)], "peak_mib": None, "torch_ops": count_torch_ops(steps[(index, epoch)])}
-            for index, epoch in keys
-        )
-        del steps
-        free_memory()
+            for _ in range(s.step_warmup):  # with CUDA graphs, past the recording
+                step()
+            if settings.cuda:
+                torch.cuda.synchronize(settings.device)
+                peaks[(index, epoch)] = (torch.cuda.max_memory_allocated(settings.device) - held_before) / 2**20
+            steps[(index, epoch)] = step
+    timings = timer.measure_interleaved(steps, s.step_iters, STEP_REWARM)
+    rows.extend(
+        {**specs[index][0], "epoch": epoch, **timings[(index, epoch)], "peak_mib": peaks.get((index, epoch)), "torch_ops": count_torch_ops(steps[(index, epoch)])}
+        for index, epoch in steps
+    )
+    del steps
+    free_memory()
     for row in rows:
         row["images_per_s"] = s.batch * 1e3 / row["median_ms"]
     if shared.get("released_module") is not None:
@@ -1257,18 +1297,30 @@ def bench_loader(settings: Settings, timer: Timer, shared: dict, bench: Bench, c
     trainer.train_loader = [batch] * k
     synthetic = epoch_seconds()
 
-    # slkd's loader: warm its persistent workers with a few batches, then a timed epoch
+    def warm_up(loader):  # its persistent workers started, with a few steps
+        for index, loaded in enumerate(loader):
+            trainer._step(*trainer._to_device(loaded), EPOCH_ON)
+            if index + 1 >= warm:
+                break
+
+    # slkd's loader: warmed up, then a timed epoch
     trainer.train_loader = real_loader
-    for index, loaded in enumerate(real_loader):
-        trainer._step(*trainer._to_device(loaded), EPOCH_ON)
-        if index + 1 >= warm:
-            break
+    warm_up(real_loader)
     fed = epoch_seconds()
     rows = [
         {"feed": "device memory (no loader)", "workers": None, "seconds": synthetic},
         {"feed": "slkd train_loader", "workers": real_loader.num_workers, "pin_memory": real_loader.pin_memory, "persistent_workers": real_loader.persistent_workers, "prefetch_factor": real_loader.prefetch_factor, "seconds": fed},
     ]
     if contrast:
+        # slkd's loader with fewer workers: does the default's number of workers pay?
+        for workers in sorted({max(1, real_loader.num_workers // 2), min(4, real_loader.num_workers)} - {real_loader.num_workers}, reverse=True):
+            trainer.train_loader = DataLoader(
+                train_set, batch_size=s.batch, sampler=real_loader.sampler, num_workers=workers, pin_memory=real_loader.pin_memory,
+                persistent_workers=True, prefetch_factor=real_loader.prefetch_factor,
+            )  # fmt: skip
+            warm_up(trainer.train_loader)
+            rows.append({"feed": f"slkd train_loader, {workers} workers", "workers": workers, "seconds": epoch_seconds()})
+            del trainer.train_loader  # its workers stop
         trainer.train_loader = DataLoader(train_set, batch_size=s.batch, shuffle=True, num_workers=2)
         rows.append({"feed": "mdistiller-style DataLoader (2 workers, no pinning, not persistent)", "workers": 2, "seconds": epoch_seconds()})
     for row in rows:
@@ -1282,7 +1334,7 @@ def bench_loader(settings: Settings, timer: Timer, shared: dict, bench: Bench, c
         "auto_workers": data.auto_workers(),
         "results": rows,
         "ratio": fed / synthetic,
-        "ratio_mdistiller_2_workers": rows[2]["seconds"] / synthetic if contrast else None,
+        "ratio_mdistiller_2_workers": rows[-1]["seconds"] / synthetic if contrast else None,
         "notes": [] if not s.quick else ["--quick: a few iterations of a small model; not a measure of the loader"],
     }
     result["mode"] = mode
@@ -1398,7 +1450,7 @@ def targets(record: dict, settings: Settings) -> list:
     loss = sections.get("loss", {})
     if loss.get("status") == "ok":
         rows = {(r["size"], r["epoch"], r["impl"]): r for r in loss["results"]}
-        for impl in ("slkd", "slkd-fused"):
+        for impl in ("slkd", "slkd-fused", "slkd-fused-graph"):
             for size, limit in (("64x100", 0.6), ("512x1000", 1.0)):
                 row = rows.get((size, EPOCH_ON, impl))
                 if impl == "slkd" or row:

@@ -201,15 +201,18 @@ def test_opt_in_modes_run_through_every_section(tmp_path, monkeypatch, host):
         trainer.SLKDTrainer, "_step_graphs",
         lambda self: graphs.StepGraphs(ReplayBackend(), warmup_steps=1) if self.cfg.SLKD.CUDA_GRAPHS else None,
     )  # fmt: skip
+    monkeypatch.setattr(bench, "graph_backend", lambda device: ReplayBackend())
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "modes.json"
     assert bench.main(["--quick", "--device", "cpu", "--precisions", "fp32,bf16", "--only", "loss,step,epoch-estimate", "--out", str(out)]) == 0
     record = json.loads(out.read_text())
     loss = record["sections"]["loss"]
-    assert {row["impl"] for row in loss["results"]} >= {"slkd", "slkd-fused"}
+    assert {row["impl"] for row in loss["results"]} >= {"slkd", "slkd-fused", "slkd-fused-graph"}
     fused = [c for c in loss["correctness"] if c["impl"] == "slkd-fused"]
     assert fused and all(c["abs_diff_fp64"] <= 1e-10 * max(1.0, abs(c["literal_value"])) for c in fused)
-    assert all(row["torch_ops"] > 0 for row in loss["results"])
+    replayed = {(c["size"], c["epoch"]): c for c in loss["correctness"] if c["impl"] == "slkd-fused-graph"}
+    assert replayed and all(replayed[(c["size"], c["epoch"])]["value"] == c["value"] for c in fused)  # replays recompute
+    assert all(row["torch_ops"] > 0 for row in loss["results"] if row["impl"] != "slkd-fused-graph")
     step = record["sections"]["step"]
     variants = {(row["variant"], row["precision"]) for row in step["results"]}
     assert {("slkd-fused", "fp32"), ("slkd-graphs", "fp32"), ("slkd-graphs", "bf16"), ("ce-only-graphs", "fp32")} <= variants
@@ -303,3 +306,55 @@ def test_sync_check_with_graphs_covers_replays_only(tmp_path, monkeypatch, host)
     section = script.bench_sync(settings, script.Timer(settings.device), {}, bench)
     assert {check["variant"] for check in section["results"]} >= {"slkd", "slkd-graphs"}
     assert states == [True] * 4  # fp32 and bf16, pseudo-teacher off and on
+
+
+@pytest.mark.host
+def test_loader_section_times_fewer_workers_than_the_default(tmp_path, monkeypatch, host):
+    """Target 5 asks for loader defaults sized to the machine: the section times slkd's loader
+    with its default workers, half of them and four, each over a whole timed epoch."""
+    from slkd.host import data
+
+    script = load_script()
+    monkeypatch.setattr(data, "auto_workers", lambda world_size=1: 5)
+    settings = script.Settings(script.parse_args(["--quick", "--device", "cpu", "--loader-iters", "3"]))
+    settings.workdir = str(tmp_path)
+    bench = script.Bench(settings, host, {})
+    section = script.bench_loader(settings, script.Timer(settings.device), {}, bench)
+    workers = [(row["feed"], row["workers"]) for row in section["results"]]
+    assert workers == [
+        ("device memory (no loader)", None),
+        ("slkd train_loader", 5),
+        ("slkd train_loader, 4 workers", 4),
+        ("slkd train_loader, 2 workers", 2),
+        ("mdistiller-style DataLoader (2 workers, no pinning, not persistent)", 2),
+    ]
+    assert all(row["seconds"] > 0 for row in section["results"])
+    assert section["ratio"] == section["results"][1]["seconds"] / section["results"][0]["seconds"]
+
+
+@pytest.mark.host
+def test_interleaved_step_timing_keeps_each_graph_trainer_on_one_epoch(tmp_path, monkeypatch, host):
+    """The step variants are timed interleaved; a CUDA-graph trainer keeps the graphs of one
+    graph key only, so epochs 1 and 200 (pseudo-teacher off and on) each need their own
+    trainer, or every interleaved step would record its graph again."""
+    from slkd.host import graphs, trainer
+    from tests.helpers.graphs import ReplayBackend
+
+    script = load_script()
+    backends = []
+
+    def step_graphs(self):
+        if not self.cfg.SLKD.CUDA_GRAPHS:
+            return None
+        backends.append(ReplayBackend())
+        return graphs.StepGraphs(backends[-1], warmup_steps=1)
+
+    monkeypatch.setattr(trainer.SLKDTrainer, "_step_graphs", step_graphs)
+    settings = script.Settings(script.parse_args(["--quick", "--device", "cpu", "--precisions", "fp32", "--iters", "4", "--warmup", "2"]))
+    settings.workdir = str(tmp_path)
+    settings.fast_modes = ["graphs"]
+    section = script.bench_step(settings, script.Timer(settings.device), {}, script.Bench(settings, host, {}))
+    timed = {(row["variant"], row["epoch"]) for row in section["results"]}
+    assert {("slkd-graphs", 1), ("slkd-graphs", 200), ("ce-only-graphs", 200)} <= timed
+    assert len(backends) == 3 and [backend.captures for backend in backends] == [1, 1, 1]
+    assert all(row["timer"] == "perf_counter, interleaved" for row in section["results"])
