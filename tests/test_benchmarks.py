@@ -358,3 +358,38 @@ def test_interleaved_step_timing_keeps_each_graph_trainer_on_one_epoch(tmp_path,
     assert {("slkd-graphs", 1), ("slkd-graphs", 200), ("ce-only-graphs", 200)} <= timed
     assert len(backends) == 3 and [backend.captures for backend in backends] == [1, 1, 1]
     assert all(row["timer"] == "perf_counter, interleaved" for row in section["results"])
+
+
+def test_loss_host_time_refuses_a_machine_without_a_gpu():
+    """benchmarks/loss_host_time.py times kernel launches: without CUDA it says so and exits 2."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the script would run")
+    script = ROOT / "benchmarks" / "loss_host_time.py"
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "needs a CUDA GPU" in proc.stderr, proc.stderr
+
+
+def test_loss_host_time_cases_all_run():
+    """Each case of loss_host_time.py runs (on the CPU: the kernels in Triton's interpreter,
+    which tests/conftest.py switches on without a GPU), and the two ways SLD calls the loss
+    give the same gradient."""
+    import importlib.util
+
+    import torch
+
+    from slkd.losses.sld_fused import INTERPRETED
+
+    if not INTERPRETED and not torch.cuda.is_available():
+        pytest.skip("the fused kernels need a GPU or Triton's interpreter")
+    spec = importlib.util.spec_from_file_location("loss_host_time", ROOT / "benchmarks" / "loss_host_time.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    runs = script.cases(16, 10, device)
+    outputs = {name: run() for name, run in runs.items()}
+    assert len(outputs) == 9
+    fused = outputs["SLDLoss(fused=True) as the SLD distiller calls it + autograd.grad"][0]
+    eager = outputs["SLDLoss(fused=False) as the SLD distiller calls it + autograd.grad"][0]
+    torch.testing.assert_close(fused, eager, rtol=1e-5, atol=1e-6)
