@@ -393,3 +393,24 @@ def test_loss_host_time_cases_all_run():
     fused = outputs["SLDLoss(fused=True) as the SLD distiller calls it + autograd.grad"][0]
     eager = outputs["SLDLoss(fused=False) as the SLD distiller calls it + autograd.grad"][0]
     torch.testing.assert_close(fused, eager, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.host
+def test_sync_check_covers_fp16_with_its_scaler(tmp_path, monkeypatch, host):
+    """fp16 steps are checked for syncs too (eager and with the fused loss): with a fused SGD
+    the gradient scaler need not read its inf flag on the host, and the check finds out."""
+    script = load_script()
+    checked = []
+
+    def recorded(step, steps):
+        checked.append(step)
+        return {"passed": True, "error": None, "where": None, "steps_done": steps}
+
+    monkeypatch.setattr(script, "run_under_sync_error", recorded)
+    settings = script.Settings(script.parse_args(["--quick", "--device", "cpu"]))
+    settings.workdir = str(tmp_path)
+    settings.fast_modes = ["fused"]
+    section = script.bench_sync(settings, script.Timer(settings.device), {}, script.Bench(settings, host, {}))
+    runs = [(check["variant"], check["precision"]) for check in section["results"]]
+    assert ("slkd", "fp16") in runs and ("slkd-fused", "fp16") in runs, runs
+    assert runs[-1][0].startswith("released-literal")  # the control still closes the section
