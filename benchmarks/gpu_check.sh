@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check of the speed, benchmark and torchrun issues (all six parts take more than
-# one 9-minute call on an H100 or H200; parts 2 and 6 fit one, about 7 minutes), from the
-# repository root:
+# one 9-minute call on an H100 or H200; parts 2, 6 and 1 fit one, about 6.5 minutes on the
+# H200 of benchmarks/results run 5), from the repository root:
 #
 #   SLKD_MDISTILLER_PATH=/path/to/mdistiller [SLKD_RELEASED_SLD_PATH=/path/to/released-SLD] \
 #   RESULTS=benchmarks/results/<card>-<date> [PARTS="1 2 3 4 5 6"] bash benchmarks/gpu_check.sh
