@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check of the speed, benchmark and torchrun issues (all six parts take more than
-# one 9-minute call on an H100 or H200; parts 2, 6 and 1 fit one, about 6.5 minutes on the
-# H200 of benchmarks/results run 5), from the repository root:
+# one 9-minute call on an H100 or H200; parts 1, 2 and 6 fit one, about 7.5 minutes on the
+# H200s of benchmarks/results runs 4 and 5), from the repository root:
 #
 #   SLKD_MDISTILLER_PATH=/path/to/mdistiller [SLKD_RELEASED_SLD_PATH=/path/to/released-SLD] \
 #   RESULTS=benchmarks/results/<card>-<date> [PARTS="1 2 3 4 5 6"] bash benchmarks/gpu_check.sh
@@ -14,7 +14,8 @@
 # 5. SLD in bf16 and bf16 + channels_last, same seed as 4's plain run;
 # 6. the opt-in modes through slkd-train, same seed as 4's plain run: --fused-loss, and
 #    --cuda-graphs --fused-loss in fp32 and bf16 (their metrics should match plain and bf16,
-#    which part 6 runs itself when parts 4 and 5 are not chosen);
+#    which part 6 runs itself when parts 4 and 5 are not chosen), and plain once more, whose
+#    drift from the first plain run is the yardstick for "match" (cuDNN is not deterministic);
 # Each part writes into $RESULTS and a failed part does not stop the others.
 # DEVICE=cpu QUICK=1 runs the same parts small, to check the script itself.
 set -u
@@ -92,5 +93,8 @@ elif wanted 6; then
   train graphs_bf16 "$PY" -m slkd.run.train --fused-loss --cuda-graphs --amp bf16
   wanted 5 || train bf16 "$PY" -m slkd.run.train --amp bf16
   train fused "$PY" -m slkd.run.train --fused-loss
+  # the eager run once more: how far two runs of one setting drift apart (cuDNN is not
+  # deterministic), to read the opt-in modes' differences against
+  train plain_again "$PY" -m slkd.run.train
 fi
 part "done: $RESULTS"

@@ -10,7 +10,8 @@ Sub-benchmarks (all by default, pick with ``--only``):
                     only) and 200 (pseudo-teacher on), 64x100 and 512x1000: a literal
                     one-temperature-at-a-time implementation written here in the released
                     code's style, all temperatures in one autograd graph, slkd's
-                    ``SLDLoss.terms``, its fused Triton kernels (CUDA), and optionally
+                    ``SLDLoss.terms``, its fused Triton kernels (CUDA), the fused loss
+                    recorded as a CUDA graph and replayed (CUDA), and optionally
                     ``torch.compile`` of it; value and gradient differences against the
                     literal one, and the torch ops each makes per call, are recorded.
 ``step``            one training step, resnet32x4 -> resnet8x4, batch 64, device-resident data:
@@ -21,9 +22,11 @@ Sub-benchmarks (all by default, pick with ``--only``):
                     when ``SLKD_RELEASED_SLD_PATH`` names its checkout. On CUDA also the
                     opt-in modes: ``slkd-fused`` (``SLKD.FUSED_LOSS``) and ``slkd-graphs``
                     (``SLKD.CUDA_GRAPHS`` with the fused loss), with a CE-only step in graphs.
+                    All variants are timed interleaved, one step of each per round.
 ``sync``            (CUDA) 20 slkd steps under ``torch.cuda.set_sync_debug_mode("error")``.
-``loader``          an epoch-shaped run through slkd's two-view loader against the same steps
-                    fed from device memory, and against mdistiller's fixed 2 workers.
+``loader``          an epoch (on CUDA a whole CIFAR-100 epoch) through slkd's two-view loader
+                    against the same steps fed from device memory, the loader with fewer
+                    workers, and mdistiller's fixed 2 workers.
 ``epoch-estimate``  a 240-epoch CIFAR-100 run in minutes, from the loader-fed step time, a
                     measured evaluation pass and a measured checkpoint save (eager, and on
                     CUDA also with CUDA graphs and the fused loss).
@@ -203,10 +206,13 @@ def fast_modes(cuda: bool) -> tuple[list, str]:
 # timing
 # =========================================================================== #
 class Timer:
-    """Median per-iteration time: CUDA events on a GPU, ``perf_counter`` on a CPU.
+    """Median per-iteration time.
 
-    Also records the mean wall-clock time per iteration over the whole timed loop (one
-    synchronisation at its end), which is the throughput a training loop would see.
+    :meth:`measure` times one function: between CUDA events on a GPU (and the mean wall-clock
+    time per iteration over the whole timed loop, one synchronisation at its end: the
+    throughput a loop would see), with ``perf_counter`` on a CPU. :meth:`measure_interleaved`
+    times several, one call of each per round, each call with ``perf_counter`` between two
+    synchronisations (so a GPU step's time includes the tail of its kernels).
     """
 
     def __init__(self, device: torch.device):
@@ -1081,7 +1087,7 @@ def bench_step(settings: Settings, timer: Timer, shared: dict, bench: Bench) -> 
     for mode in s.fast_modes:
         for precision in s.precisions:
             if precision == "fp16":
-                continue  # no fp16 under CUDA graphs (the scaler syncs); the eager row has it
+                continue  # CUDA graphs refuse fp16 until its step is shown free of syncs; the eager row has it
             epochs = step_epochs(precision)
             specs.append(({"variant": f"slkd-{mode}", "precision": precision, "path": paths[mode]}, epochs,
                           lambda epochs, precision=precision, mode=mode: bench.trainer_steps(bench.trainer("SLD", precision, mode=mode), epochs)))
@@ -1120,7 +1126,7 @@ def bench_step(settings: Settings, timer: Timer, shared: dict, bench: Bench) -> 
             steps[(index, epoch)] = step
     timings = timer.measure_interleaved(steps, s.step_iters, STEP_REWARM)
     rows.extend(
-        {**specs[index][0], "epoch": epoch, **timings[(index, epoch)], "peak_mib": peaks.get((index, epoch)), "torch_ops": count_torch_ops(steps[(index, epoch)])}
+        {**specs[index][0], "epoch": epoch, **timings[(index, epoch)], "warmup": s.step_warmup + STEP_REWARM, "peak_mib": peaks.get((index, epoch)), "torch_ops": count_torch_ops(steps[(index, epoch)])}
         for index, epoch in steps
     )
     del steps
@@ -1340,8 +1346,8 @@ def bench_loader(settings: Settings, timer: Timer, shared: dict, bench: Bench, c
         # slkd's loader with fewer workers: does the default's number of workers pay?
         for workers in sorted({max(1, real_loader.num_workers // 2), min(4, real_loader.num_workers)} - {real_loader.num_workers}, reverse=True):
             trainer.train_loader = DataLoader(
-                train_set, batch_size=s.batch, sampler=real_loader.sampler, num_workers=workers, pin_memory=real_loader.pin_memory,
-                persistent_workers=True, prefetch_factor=real_loader.prefetch_factor,
+                train_set, batch_size=s.batch, sampler=real_loader.sampler, drop_last=real_loader.drop_last, num_workers=workers,
+                pin_memory=real_loader.pin_memory, persistent_workers=real_loader.persistent_workers, prefetch_factor=real_loader.prefetch_factor,
             )  # fmt: skip
             warm_up(trainer.train_loader)
             rows.append({"feed": f"slkd train_loader, {workers} workers", "workers": workers, "seconds": epoch_seconds()})

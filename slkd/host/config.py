@@ -120,8 +120,8 @@ def validate_run_options(cfg: CN) -> None:
         raise ConfigError(f"SLKD.EVAL_FREQ is {cfg.SLKD.EVAL_FREQ}: it must be 1 or more")
     if cfg.SLKD.CUDA_GRAPHS and cfg.SLKD.AMP == "fp16":
         raise ConfigError(
-            "SLKD.CUDA_GRAPHS cannot record fp16 steps (the gradient scaler checks for infinities on the "
-            "host): use SLKD.AMP bf16 or none, or set SLKD.CUDA_GRAPHS False"
+            "SLKD.CUDA_GRAPHS cannot record fp16 steps yet (the gradient scaler's step is not shown free of "
+            "host synchronisation): use SLKD.AMP bf16 or none, or set SLKD.CUDA_GRAPHS False"
         )
     if cfg.SLKD.FUSED_LOSS:
         from slkd.losses.sld_fused import fused_available
