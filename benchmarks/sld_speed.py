@@ -696,10 +696,12 @@ def graph_replay(make_run, device: torch.device):
     autograd leaves, whose gradients autograd hands over on the stream they were first used
     on) belong to that stream: a leaf first used on the default stream makes the recording
     fail."""
+    from slkd.host.graphs import WARMUP_STEPS
+
     backend = graph_backend(device)
     with backend.stream_context():
         run_once = make_run()
-        for _ in range(3):  # lazy set-up (Triton's compilation, the allocator) outside the recording
+        for _ in range(WARMUP_STEPS):  # lazy set-up (Triton's compilation, the allocator) outside the recording, as the trainer does
             run_once()
         graph, outputs = backend.capture(run_once)
 
@@ -980,15 +982,6 @@ class Bench:
             host_package=self.host.package,
         )
 
-    def trainer_steps(self, trainer, epochs):
-        """``{epoch: step closure}`` sharing one trainer."""
-        return {epoch: self.trainer_step(trainer, epoch) for epoch in epochs}
-
-    def released_steps(self, distiller, epochs):
-        """``{epoch: step closure}`` sharing one released-style loop (model and optimizer)."""
-        step = self.released_step(distiller)
-        return {epoch: (lambda epoch=epoch: step(epoch)) for epoch in epochs}
-
     def trainer_step(self, trainer, epoch):
         """A closure running ``trainer._step`` on a device-resident batch prepared as the
         trainer's ``_to_device`` prepares a loader batch (channels_last included)."""
@@ -1074,15 +1067,15 @@ def bench_step(settings: Settings, timer: Timer, shared: dict, bench: Bench) -> 
     rows, notes = [], []
     s = settings
 
-    # each spec: the row fields shared by its epochs, its epochs, and a builder that makes the
-    # trainer (or released-style loop) once and returns one step closure per epoch
+    # each spec: the row fields shared by its epochs, its epochs, and a builder that makes a
+    # trainer (or released-style loop) and returns its step closure at one epoch
     specs = []
     for precision in s.precisions:
         epochs = step_epochs(precision)
         specs.append(({"variant": "slkd", "precision": precision, "path": "SLKDTrainer._step"}, epochs,
-                      lambda epochs, precision=precision: bench.trainer_steps(bench.trainer("SLD", precision), epochs)))
+                      lambda epoch, precision=precision: bench.trainer_step(bench.trainer("SLD", precision), epoch)))
     specs.append(({"variant": "ce-only", "precision": "fp32", "path": "SLKDTrainer._step, CE-only two-view distiller"}, (EPOCH_ON,),
-                  lambda epochs: bench.trainer_steps(bench.trainer("CE", "fp32"), epochs)))
+                  lambda epoch: bench.trainer_step(bench.trainer("CE", "fp32"), epoch)))
     paths = {"fused": "SLKDTrainer._step, SLKD.FUSED_LOSS", "graphs": "SLKDTrainer._step, SLKD.CUDA_GRAPHS + SLKD.FUSED_LOSS"}
     for mode in s.fast_modes:
         for precision in s.precisions:
@@ -1090,10 +1083,10 @@ def bench_step(settings: Settings, timer: Timer, shared: dict, bench: Bench) -> 
                 continue  # CUDA graphs refuse fp16 until its step is shown free of syncs; the eager row has it
             epochs = step_epochs(precision)
             specs.append(({"variant": f"slkd-{mode}", "precision": precision, "path": paths[mode]}, epochs,
-                          lambda epochs, precision=precision, mode=mode: bench.trainer_steps(bench.trainer("SLD", precision, mode=mode), epochs)))
+                          lambda epoch, precision=precision, mode=mode: bench.trainer_step(bench.trainer("SLD", precision, mode=mode), epoch)))
     if "graphs" in s.fast_modes:
         specs.append(({"variant": "ce-only-graphs", "precision": "fp32", "path": "SLKDTrainer._step, CE-only two-view distiller, SLKD.CUDA_GRAPHS"}, (EPOCH_ON,),
-                      lambda epochs: bench.trainer_steps(bench.trainer("CE", "fp32", mode="graphs"), epochs)))
+                      lambda epoch: bench.trainer_step(bench.trainer("CE", "fp32", mode="graphs"), epoch)))
     if s.fast_modes_note:
         notes.append(s.fast_modes_note)
     wrapper = "nn.DataParallel, " if settings.cuda else ""
@@ -1104,7 +1097,7 @@ def bench_step(settings: Settings, timer: Timer, shared: dict, bench: Bench) -> 
         notes.append("released-real: " + (shared.get("released_note") or "not run"))
     for variant, real, what in released:
         specs.append(({"variant": variant, "precision": "fp32", "path": f"AugTrainer-style loop, {wrapper}{what}"}, (EPOCH_OFF, EPOCH_ON),
-                      lambda epochs, real=real: bench.released_steps(bench.released_distiller(real=real), epochs)))  # fmt: skip
+                      lambda epoch, real=real: bench.released_step(bench.released_distiller(real=real), epoch)))  # fmt: skip
 
     # every variant built and warmed up first (on a GPU, its peak memory: what it holds, with
     # one step's activations, above what was held before it was built), then all timed
@@ -1115,7 +1108,7 @@ def bench_step(settings: Settings, timer: Timer, shared: dict, bench: Bench) -> 
     for index, (fields, epochs, build) in enumerate(specs):
         for epoch in epochs:
             held_before = torch.cuda.memory_allocated(settings.device) if settings.cuda else 0
-            step = build((epoch,))[epoch]
+            step = build(epoch)
             if settings.cuda:
                 torch.cuda.reset_peak_memory_stats(settings.device)
             for _ in range(s.step_warmup):  # with CUDA graphs, past the recording
@@ -1246,7 +1239,7 @@ def bench_sync(settings: Settings, timer: Timer, shared: dict, bench: Bench) -> 
         # on a GPU the trainer's SGD is fused, and GradScaler hands such an optimizer its inf
         # flag as a tensor instead of reading it on the host: whether the step then runs
         # without a sync is what this row finds out (CUDA graphs refuse fp16 until it does)
-        runs += [(mode, "fp16") for mode in ("eager", "fused") if mode == "eager" or mode in settings.fast_modes]
+        runs += [(mode, "fp16") for mode in ("eager", *settings.fast_modes) if mode != "graphs"]
     for mode, precision in runs:
         trainer = bench.trainer("SLD", precision, mode=mode)
         # with CUDA graphs the warm-up must get past the recording, which synchronises by
