@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from slkd.host import data, graphs
+from slkd.host import data, graphs, optim
 from slkd.host.config import ConfigError, validate_run_options
 from slkd.utils import checkpoint
 from slkd.utils.distributed import DistContext, all_reduce_sum
@@ -75,7 +75,8 @@ class SLKDTrainer:
         self.train_loader = data.train_loader(train_loader.dataset, cfg, **ranks)
         self.val_loader = data.test_loader(val_loader.dataset, cfg, **ranks)
 
-        self.optimizer = self._optimizer()
+        # fused on a GPU: one kernel per update, and fp16's scaler never reads its inf flag on the host
+        self.optimizer = optim.sgd(self.distiller.get_learnable_parameters(), cfg.SOLVER, fused=self.device.type == "cuda")
         self.step_graphs = self._step_graphs()
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.SLKD.AMP)
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.SLKD.AMP == "fp16" else None
@@ -86,17 +87,6 @@ class SLKDTrainer:
         self.writer = None
 
     # ----------------------------------------------------------------- set-up
-    def _optimizer(self):
-        if self.cfg.SOLVER.TYPE != "SGD":
-            raise ConfigError(f"SOLVER.TYPE {self.cfg.SOLVER.TYPE!r} is not supported: slkd's trainer uses SGD, as mdistiller does")
-        return torch.optim.SGD(
-            self.distiller.get_learnable_parameters(),
-            lr=self.cfg.SOLVER.LR,
-            momentum=self.cfg.SOLVER.MOMENTUM,
-            weight_decay=self.cfg.SOLVER.WEIGHT_DECAY,
-            fused=self.device.type == "cuda" or None,  # one kernel for the update on a GPU
-        )
-
     def _step_graphs(self):
         """:class:`slkd.host.graphs.StepGraphs` when ``SLKD.CUDA_GRAPHS`` is on, else None."""
         if not self.cfg.SLKD.CUDA_GRAPHS:

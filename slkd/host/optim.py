@@ -1,0 +1,51 @@
+"""The trainer's optimizer: mdistiller's SGD, fused on GPUs, momentum buffers made up front.
+
+mdistiller trains with ``torch.optim.SGD(lr=SOLVER.LR, momentum=SOLVER.MOMENTUM,
+weight_decay=SOLVER.WEIGHT_DECAY)``: no dampening, no Nesterov. With momentum ``mu``,
+weight decay ``wd`` and gradient ``g`` of parameter ``p``, each step is::
+
+    d = g + wd p        buf = mu buf + d   (buf = d at the first step)        p = p - lr buf
+
+The momentum buffers start as zeros here instead of being made at the first step. Without
+dampening ``mu * 0 + d`` is exactly ``d``, so the updates are torch's to the bit. The reason
+is torch's fused SGD (one kernel for all parameters, what the trainer uses on a GPU): at its
+first step it makes the buffers with ``empty_like`` and leaves filling them to the kernel, and
+the kernel does nothing when fp16's gradient scaler has found an inf or NaN gradient, as in
+the first steps of many fp16 runs. The buffers then keep whatever the memory held, and the
+next step adds it to the weights. With buffers made up front, a skipped step leaves zeros,
+and every step, a recorded CUDA graph's included, runs the same kernels.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from slkd.host.config import ConfigError
+
+
+def sgd(parameters: Iterable[torch.Tensor], solver, fused: bool) -> torch.optim.SGD:
+    """mdistiller's SGD over ``parameters`` with its momentum buffers set to zeros.
+
+    Args:
+        parameters: the tensors to train.
+        solver: the config's ``SOLVER`` node (``TYPE`` must be ``SGD``; ``LR``, ``MOMENTUM``,
+            ``WEIGHT_DECAY``).
+        fused: torch's fused implementation (one kernel per step; CUDA). Under fp16 it also
+            lets the gradient scaler hand over its inf flag as a tensor, without reading it.
+    """
+    if solver.TYPE != "SGD":
+        raise ConfigError(f"SOLVER.TYPE {solver.TYPE!r} is not supported: slkd's trainer uses SGD, as mdistiller does")
+    optimizer = torch.optim.SGD(
+        list(parameters),
+        lr=solver.LR,
+        momentum=solver.MOMENTUM,
+        weight_decay=solver.WEIGHT_DECAY,
+        fused=fused or None,
+    )
+    for group in optimizer.param_groups:
+        if group["momentum"] != 0:
+            for parameter in group["params"]:
+                optimizer.state[parameter]["momentum_buffer"] = torch.zeros_like(parameter, memory_format=torch.preserve_format)
+    return optimizer
