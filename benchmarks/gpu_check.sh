@@ -13,9 +13,10 @@
 # 4. torchrun with one process (the DDP path) against the plain launcher;
 # 5. SLD in bf16 and bf16 + channels_last, same seed as 4's plain run;
 # 6. the opt-in modes through slkd-train, same seed as 4's plain run: --fused-loss, and
-#    --cuda-graphs --fused-loss in fp32 and bf16 (their metrics should match plain and bf16,
-#    which part 6 runs itself when parts 4 and 5 are not chosen), and plain once more, whose
-#    drift from the first plain run is the yardstick for "match" (cuDNN is not deterministic);
+#    --cuda-graphs --fused-loss in fp32, fp16 and bf16 (their metrics should match plain, fp16
+#    and bf16 eager, which part 6 runs itself, bf16 only when part 5 is not chosen), and plain
+#    once more, whose drift from the first plain run is the yardstick for "match" (cuDNN is not
+#    deterministic);
 # Each part writes into $RESULTS and a failed part does not stop the others.
 # DEVICE=cpu QUICK=1 runs the same parts small, to check the script itself.
 set -u
@@ -86,15 +87,17 @@ if wanted 6 && [ "$DEVICE" != cuda ]; then
   part "6. skipped: the fused loss and CUDA graphs need DEVICE=cuda"
 elif wanted 6; then
   part "6. fused loss and CUDA graphs"
-  # the graph runs first (the only end-to-end runs of --cuda-graphs), then the eager runs to
-  # compare them with where parts 4 and 5 did not make them
+  # each graph run before the eager run it is compared with (where parts 4 and 5 did not
+  # make it); the runs measured before (bf16, the fused loss alone) last, should time run out
   train graphs "$PY" -m slkd.run.train --fused-loss --cuda-graphs
   wanted 4 || train plain "$PY" -m slkd.run.train
-  train graphs_bf16 "$PY" -m slkd.run.train --fused-loss --cuda-graphs --amp bf16
-  wanted 5 || train bf16 "$PY" -m slkd.run.train --amp bf16
-  train fused "$PY" -m slkd.run.train --fused-loss
+  train graphs_fp16 "$PY" -m slkd.run.train --fused-loss --cuda-graphs --amp fp16
+  train fp16 "$PY" -m slkd.run.train --amp fp16
   # the eager run once more: how far two runs of one setting drift apart (cuDNN is not
   # deterministic), to read the opt-in modes' differences against
   train plain_again "$PY" -m slkd.run.train
+  train graphs_bf16 "$PY" -m slkd.run.train --fused-loss --cuda-graphs --amp bf16
+  wanted 5 || train bf16 "$PY" -m slkd.run.train --amp bf16
+  train fused "$PY" -m slkd.run.train --fused-loss
 fi
 part "done: $RESULTS"

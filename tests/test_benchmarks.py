@@ -204,7 +204,7 @@ def test_opt_in_modes_run_through_every_section(tmp_path, monkeypatch, host):
     monkeypatch.setattr(bench, "graph_backend", lambda device: ReplayBackend())
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "modes.json"
-    assert bench.main(["--quick", "--device", "cpu", "--precisions", "fp32,bf16", "--only", "loss,step,epoch-estimate", "--out", str(out)]) == 0
+    assert bench.main(["--quick", "--device", "cpu", "--precisions", "fp32,bf16,fp16", "--only", "loss,step,epoch-estimate", "--out", str(out)]) == 0
     record = json.loads(out.read_text())
     loss = record["sections"]["loss"]
     assert {row["impl"] for row in loss["results"]} >= {"slkd", "slkd-fused", "slkd-fused-graph"}
@@ -215,14 +215,16 @@ def test_opt_in_modes_run_through_every_section(tmp_path, monkeypatch, host):
     assert all(row["torch_ops"] > 0 for row in loss["results"] if row["impl"] != "slkd-fused-graph")
     step = record["sections"]["step"]
     variants = {(row["variant"], row["precision"]) for row in step["results"]}
-    assert {("slkd-fused", "fp32"), ("slkd-graphs", "fp32"), ("slkd-graphs", "bf16"), ("ce-only-graphs", "fp32")} <= variants
-    assert "slkd-graphs_vs_ce_only_epoch200" in step["ratios"] and "slkd-graphs_bf16_vs_fp32" in step["ratios"]
+    assert {("slkd-fused", "fp32"), ("slkd-graphs", "fp32"), ("slkd-graphs", "bf16"), ("slkd-graphs", "fp16"), ("ce-only-graphs", "fp32")} <= variants
+    assert ("slkd-fused", "fp16") not in variants  # host-bound as eager fp16 is: not worth a lent GPU's time
+    assert {"slkd-graphs_vs_ce_only_epoch200", "slkd-graphs_bf16_vs_fp32", "slkd-graphs_fp16_vs_fp32"} <= step["ratios"].keys()
     ops = {(row["variant"], row["precision"], row["epoch"]): row["torch_ops"] for row in step["results"]}
     assert ops[("slkd", "fp32", 200)] > ops[("ce-only", "fp32", 200)] > 0  # the loss's ops on top
     estimate = record["sections"]["epoch-estimate"]
     assert estimate["status"] == "ok" and estimate["modes"]["graphs"]["minutes"] > 0
     names = [target["target"] for target in record["targets"]]
     assert any("slkd-graphs" in name for name in names) and any("graphs + fused loss" in name for name in names)
+    assert any(name.startswith("3. step (slkd-graphs): fp16") for name in names), names
 
 
 @pytest.mark.host
@@ -397,9 +399,16 @@ def test_loss_host_time_cases_all_run():
 
 @pytest.mark.host
 def test_sync_check_covers_fp16_with_its_scaler(tmp_path, monkeypatch, host):
-    """fp16 steps are checked for syncs too (eager and with the fused loss): with a fused SGD
-    the gradient scaler need not read its inf flag on the host, and the check finds out."""
+    """fp16 steps are checked for syncs too, in every mode: with a fused SGD the gradient
+    scaler need not read its inf flag on the host, and the check finds out on a GPU."""
+    from slkd.host import graphs, trainer
+    from tests.helpers.graphs import ReplayBackend
+
     script = load_script()
+    monkeypatch.setattr(
+        trainer.SLKDTrainer, "_step_graphs",
+        lambda self: graphs.StepGraphs(ReplayBackend(), warmup_steps=1) if self.cfg.SLKD.CUDA_GRAPHS else None,
+    )  # fmt: skip
     checked = []
 
     def recorded(step, steps):
@@ -409,8 +418,8 @@ def test_sync_check_covers_fp16_with_its_scaler(tmp_path, monkeypatch, host):
     monkeypatch.setattr(script, "run_under_sync_error", recorded)
     settings = script.Settings(script.parse_args(["--quick", "--device", "cpu"]))
     settings.workdir = str(tmp_path)
-    settings.fast_modes = ["fused"]
+    settings.fast_modes = ["fused", "graphs"]
     section = script.bench_sync(settings, script.Timer(settings.device), {}, script.Bench(settings, host, {}))
     runs = [(check["variant"], check["precision"]) for check in section["results"]]
-    assert ("slkd", "fp16") in runs and ("slkd-fused", "fp16") in runs, runs
+    assert {("slkd", "fp16"), ("slkd-fused", "fp16"), ("slkd-graphs", "fp16")} <= set(runs), runs
     assert runs[-1][0].startswith("released-literal")  # the control still closes the section

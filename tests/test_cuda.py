@@ -39,7 +39,7 @@ def _steps_without_sync(trainer, images, target, extras, epoch, steps=3):
     return loss
 
 
-@pytest.mark.parametrize("amp", ["none", "bf16"])
+@pytest.mark.parametrize("amp", ["none", "bf16", "fp16"])
 @pytest.mark.parametrize("fused", [False, True])
 def test_training_step_makes_no_host_device_sync(tmp_path, amp, fused):
     cfg = tiny_cfg(tmp_path)
@@ -55,7 +55,7 @@ def test_training_step_makes_no_host_device_sync(tmp_path, amp, fused):
     assert torch.isfinite(_steps_without_sync(trainer, images, target, extras, epoch=2)).item()
 
 
-@pytest.mark.parametrize("amp", ["none", "bf16"])
+@pytest.mark.parametrize("amp", ["none", "bf16", "fp16"])
 def test_cuda_graph_training_equals_eager_training(tmp_path, amp, monkeypatch):
     """Real CUDA graphs: 4 epochs of batches 10, 10, 4 (new keys at epochs 2 and 3, a graph
     for the small batch) give the eager run's metrics and weights, and replays make no sync."""
@@ -95,6 +95,8 @@ def test_cuda_graph_training_equals_eager_training(tmp_path, amp, monkeypatch):
     images, target, extras = trainer._to_device(next(iter(trainer.train_loader)))
     assert torch.isfinite(_steps_without_sync(trainer, images, target, extras, epoch=4)).item()
     assert Path(tmp_path / "graphs" / "tiny" / "run" / "summary.json").is_file()
+    if amp == "fp16":  # the scaler's state lives on the device and was updated by the replays
+        assert runs["graphs"][2].scaler.get_scale() == runs["eager"][2].scaler.get_scale()
 
 
 def _replayed_equals_eager(fn, make_inputs):
@@ -148,3 +150,14 @@ def test_mlkd_losses_replay_in_a_cuda_graph():
         return {name: value.detach() for name, value in losses.items()}
 
     _replayed_equals_eager(fn, lambda seed: _logits(seed, 4))
+
+
+# last in the file: a failed capture is the one test here that could upset the CUDA context
+def test_a_step_that_synchronises_cannot_be_recorded_and_the_error_names_the_fix():
+    from slkd.host import graphs
+
+    backend = graphs.CudaGraphBackend(torch.device("cuda", 0))
+    value = torch.ones(4, device="cuda")
+    with backend.stream_context(), pytest.raises(graphs.StepCaptureError, match="set SLKD.CUDA_GRAPHS False"):
+        backend.capture(lambda: value * float(value.sum()))
+

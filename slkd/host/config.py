@@ -118,11 +118,6 @@ def validate_run_options(cfg: CN) -> None:
         raise ConfigError(f"SLKD.AMP is {cfg.SLKD.AMP!r}: choose one of {', '.join(AMP_MODES)}")
     if cfg.SLKD.EVAL_FREQ < 1:
         raise ConfigError(f"SLKD.EVAL_FREQ is {cfg.SLKD.EVAL_FREQ}: it must be 1 or more")
-    if cfg.SLKD.CUDA_GRAPHS and cfg.SLKD.AMP == "fp16":
-        raise ConfigError(
-            "SLKD.CUDA_GRAPHS cannot record fp16 steps yet (the gradient scaler's step is not shown free of "
-            "host synchronisation): use SLKD.AMP bf16 or none, or set SLKD.CUDA_GRAPHS False"
-        )
     if cfg.SLKD.FUSED_LOSS:
         from slkd.losses.sld_fused import fused_available
 

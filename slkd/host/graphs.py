@@ -19,8 +19,9 @@ older keys are released, so their memory is free before the new ones are recorde
 Everything runs on one side stream of the device (a capture cannot run on the default
 stream), entered and left around each step with stream waits, so the rest of the trainer
 is unaware of it. The step function must make no host-device synchronisation (slkd's SLD and
-MLKD make none); a capture that hits one stops with an error that names the setting to turn
-off.
+MLKD make none, nor does fp16's gradient scaler with the trainer's fused SGD, which hands the
+scaler's inf flag to the update kernel as a tensor); a capture that hits one stops with an
+error that names the setting to turn off.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ class CudaGraphBackend:
         except RuntimeError as error:
             raise StepCaptureError(
                 f"SLKD.CUDA_GRAPHS could not record the training step ({str(error).splitlines()[0]}); the "
-                "distiller probably synchronises with the host inside its step: set SLKD.CUDA_GRAPHS False"
+                "step probably synchronises with the host (a distiller reading a value, or fp16's gradient scaler "
+                "with an unfused optimizer): set SLKD.CUDA_GRAPHS False"
             ) from error
         return graph, outputs
 

@@ -7,7 +7,8 @@ their transform to one or two views (what the distiller's ``num_views`` asks for
 them with its own loaders (:mod:`slkd.host.data`).
 
 A training step makes no host-device synchronisation (checked on GPUs with fp32 and bf16;
-fp16 with its gradient scaler is not checked yet): each step writes its loss terms and hit
+fp16 with its gradient scaler, which the fused SGD lets decide on the device whether to step,
+is not checked on a GPU yet): each step writes its loss terms and hit
 counts into a row of an on-device buffer, and the epoch's sums, accuracies and first
 non-finite step are read from it once, at the end of the epoch. A non-finite loss stops the run there,
 before the epoch's checkpoint, naming the epoch, iteration and loss terms. With
