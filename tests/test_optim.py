@@ -17,16 +17,16 @@ def _solver(**overrides):
     return node
 
 
-def _parameters(seed=0):
+def _parameters(seed=0, device="cpu"):
     generator = torch.Generator().manual_seed(seed)
     weight = torch.randn(4, 3, 3, 3, generator=generator).contiguous(memory_format=torch.channels_last)
-    return [torch.nn.Parameter(weight), torch.nn.Parameter(torch.randn(7, generator=generator))]
+    return [torch.nn.Parameter(weight.to(device)), torch.nn.Parameter(torch.randn(7, generator=generator).to(device))]
 
 
 def _gradients(step, parameters):
     """Random gradients in their parameters' layout (autograd's layout contract)."""
     generator = torch.Generator().manual_seed(100 + step)
-    return [torch.empty_like(p).copy_(torch.randn(p.shape, generator=generator)) for p in parameters]
+    return [torch.empty_like(p).copy_(torch.randn(p.shape, generator=generator).to(p.device)) for p in parameters]
 
 
 def test_momentum_buffers_start_as_zeros_in_the_parameters_layout():
@@ -39,9 +39,13 @@ def test_momentum_buffers_start_as_zeros_in_the_parameters_layout():
     assert not optim.sgd(_parameters(), _solver(MOMENTUM=0.0), fused=False).state  # no momentum, no buffers
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("fused", [False, True], ids=["for-loop", "fused"])
-def test_updates_equal_torch_sgd_bit_for_bit(fused):
-    ours, theirs = _parameters(), _parameters()
+def test_updates_equal_torch_sgd_bit_for_bit(fused, device):
+    ours, theirs = _parameters(device=device), _parameters(device=device)
     solver = _solver()
     ours_optimizer = optim.sgd(ours, solver, fused=fused)
     torch_optimizer = torch.optim.SGD(theirs, lr=solver.LR, momentum=solver.MOMENTUM, weight_decay=solver.WEIGHT_DECAY, fused=fused or None)
@@ -113,6 +117,20 @@ def test_the_gradient_scaler_reads_its_inf_flag_on_the_host_only_for_an_unfused_
     scaler.update()
     monkeypatch.undo()
     assert bool(reads) is not fused, reads
+
+
+def test_a_loaded_state_gets_the_buffers_it_lacks():
+    """A state saved before a parameter had its first gradient has no buffer for it."""
+    parameters = _parameters()
+    torch_optimizer = torch.optim.SGD(parameters, lr=0.1, momentum=0.9)
+    parameters[1].grad = torch.ones_like(parameters[1])
+    torch_optimizer.step()  # a buffer for the second parameter only
+    optimizer = optim.sgd(parameters, _solver(), fused=False)
+    optimizer.load_state_dict(torch_optimizer.state_dict())
+    assert "momentum_buffer" not in optimizer.state[parameters[0]]
+    optim.fill_momentum_buffers(optimizer)
+    assert torch.equal(optimizer.state[parameters[0]]["momentum_buffer"], torch.zeros_like(parameters[0]))
+    assert torch.equal(optimizer.state[parameters[1]]["momentum_buffer"], torch.ones_like(parameters[1]))
 
 
 def test_other_solvers_are_refused_with_the_fix():

@@ -7,7 +7,8 @@ weight decay ``wd`` and gradient ``g`` of parameter ``p``, each step is::
     d = g + wd p        buf = mu buf + d   (buf = d at the first step)        p = p - lr buf
 
 The momentum buffers start as zeros here instead of being made at the first step. Without
-dampening ``mu * 0 + d`` is exactly ``d``, so the updates are torch's to the bit. The reason
+dampening ``mu * 0 + d`` is exactly ``d`` (up to the sign of a zero), so the updates are
+torch's to the bit. The reason
 is torch's fused SGD (one kernel for all parameters, what the trainer uses on a GPU): at its
 first step it makes the buffers with ``empty_like`` and leaves filling them to the kernel, and
 the kernel does nothing when fp16's gradient scaler has found an inf or NaN gradient, as in
@@ -21,11 +22,12 @@ from __future__ import annotations
 from typing import Iterable
 
 import torch
+from yacs.config import CfgNode
 
 from slkd.host.config import ConfigError
 
 
-def sgd(parameters: Iterable[torch.Tensor], solver, fused: bool) -> torch.optim.SGD:
+def sgd(parameters: Iterable[torch.Tensor], solver: CfgNode, fused: bool) -> torch.optim.SGD:
     """mdistiller's SGD over ``parameters`` with its momentum buffers set to zeros.
 
     Args:
@@ -44,8 +46,16 @@ def sgd(parameters: Iterable[torch.Tensor], solver, fused: bool) -> torch.optim.
         weight_decay=solver.WEIGHT_DECAY,
         fused=fused or None,
     )
+    fill_momentum_buffers(optimizer)
+    return optimizer
+
+
+def fill_momentum_buffers(optimizer: torch.optim.SGD) -> None:
+    """Give every parameter of a group with momentum a buffer, zeros where it has none (at the
+    start, and after loading a state saved before a parameter ever had a gradient)."""
     for group in optimizer.param_groups:
         if group["momentum"] != 0:
             for parameter in group["params"]:
-                optimizer.state[parameter]["momentum_buffer"] = torch.zeros_like(parameter, memory_format=torch.preserve_format)
-    return optimizer
+                state = optimizer.state[parameter]
+                if state.get("momentum_buffer") is None:
+                    state["momentum_buffer"] = torch.zeros_like(parameter)

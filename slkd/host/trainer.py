@@ -7,11 +7,11 @@ their transform to one or two views (what the distiller's ``num_views`` asks for
 them with its own loaders (:mod:`slkd.host.data`).
 
 A training step makes no host-device synchronisation (checked on GPUs with fp32 and bf16;
-fp16 with its gradient scaler, which the fused SGD lets decide on the device whether to step,
-is not checked on a GPU yet): each step writes its loss terms and hit
-counts into a row of an on-device buffer, and the epoch's sums, accuracies and first
-non-finite step are read from it once, at the end of the epoch. A non-finite loss stops the run there,
-before the epoch's checkpoint, naming the epoch, iteration and loss terms. With
+fp16, whose gradient scaler the fused SGD lets decide on the device whether to step, is not
+checked on a GPU yet): each step writes its loss terms and hit counts into a row of an
+on-device buffer, and the epoch's sums, accuracies and first non-finite step are read from
+it once, at the end of the epoch. A non-finite loss stops the run there, before the epoch's
+checkpoint, naming the epoch, iteration and loss terms. With
 ``SLKD.CUDA_GRAPHS`` steps are recorded and replayed as CUDA graphs (:mod:`slkd.host.graphs`).
 """
 
@@ -229,7 +229,7 @@ class SLKDTrainer:
 
     def _eager_step(self, images, target, extras, epoch):
         recording = self.step_graphs is not None
-        with self._autocast(cache_enabled=not recording):  # a graph cannot keep autocast's cast cache
+        with self._autocast():
             if self.num_views == 2:
                 logits, losses = self.distiller(image_weak=images[0], image_strong=images[1], target=target, epoch=epoch)
             else:
@@ -270,10 +270,15 @@ class SLKDTrainer:
         return {"test_acc": 100.0 * top1 / count, "test_acc_top5": 100.0 * top5 / count, "test_loss": loss / count}
 
     # ----------------------------------------------------------------- pieces
-    def _autocast(self, cache_enabled=True):
+    def _autocast(self):
+        """``SLKD.AMP``'s autocast, without its cache of cast weights. A CUDA graph cannot keep
+        that cache, and it changes the arithmetic: with it, a weight used on both views is cast
+        once and its two gradients are summed in half precision (where fp16 overflows sooner);
+        without it, each use is cast and the gradients are summed in float32. Eager steps and
+        recorded ones then compute the same, for a dozen more cast kernels per step."""
         if self.amp_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, cache_enabled=cache_enabled)
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, cache_enabled=False)
 
     def _to_device(self, batch):
         images, target = batch[0], batch[1]
@@ -354,6 +359,7 @@ class SLKDTrainer:
         state, path = checkpoint.load_latest(self.run_folder)
         _load_plain_state(self.distiller, state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        optim.fill_momentum_buffers(self.optimizer)  # a state saved before a parameter had a gradient lacks its buffer
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.best_acc = state["best_acc"]
