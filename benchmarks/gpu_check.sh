@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check of the speed, benchmark and torchrun issues (all six parts take more than
-# one 9-minute call on an H100 or H200; parts 1, 2 and 6 fit one, about 7.5 minutes on the
-# H200s of benchmarks/results runs 4 and 5), from the repository root:
+# one 9-minute call on an H100 or H200; parts 1, 2 and 6 fit one, about 8.5 minutes as
+# estimated from benchmarks/results runs 4 and 5 on H200s), from the repository root:
 #
 #   SLKD_MDISTILLER_PATH=/path/to/mdistiller [SLKD_RELEASED_SLD_PATH=/path/to/released-SLD] \
 #   RESULTS=benchmarks/results/<card>-<date> [PARTS="1 2 3 4 5 6"] bash benchmarks/gpu_check.sh
@@ -13,10 +13,10 @@
 # 4. torchrun with one process (the DDP path) against the plain launcher;
 # 5. SLD in bf16 and bf16 + channels_last, same seed as 4's plain run;
 # 6. the opt-in modes through slkd-train, same seed as 4's plain run: --fused-loss, and
-#    --cuda-graphs --fused-loss in fp32, fp16 and bf16 (their metrics should match plain, fp16
-#    and bf16 eager, which part 6 runs itself, bf16 only when part 5 is not chosen), and plain
-#    once more, whose drift from the first plain run is the yardstick for "match" (cuDNN is not
-#    deterministic);
+#    --cuda-graphs --fused-loss in fp32, fp16 and bf16 (their metrics should match eager
+#    training's in the same precision: part 6 runs eager fp16 itself, and plain and bf16 where
+#    parts 4 and 5 do not), and plain once more, whose drift from the first plain run is the
+#    yardstick for "match" (cuDNN is not deterministic);
 # Each part writes into $RESULTS and a failed part does not stop the others.
 # DEVICE=cpu QUICK=1 runs the same parts small, to check the script itself.
 set -u

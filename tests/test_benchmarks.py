@@ -423,3 +423,37 @@ def test_sync_check_covers_fp16_with_its_scaler(tmp_path, monkeypatch, host):
     runs = [(check["variant"], check["precision"]) for check in section["results"]]
     assert {("slkd", "fp16"), ("slkd-fused", "fp16"), ("slkd-graphs", "fp16")} <= set(runs), runs
     assert runs[-1][0].startswith("released-literal")  # the control still closes the section
+
+
+@pytest.mark.host
+def test_a_step_that_cannot_be_recorded_costs_its_own_rows_only(tmp_path, monkeypatch, host):
+    """The fp16 graph rows are the newest: if their step cannot be recorded on a GPU, the step
+    section leaves their row out with a note and keeps the others, and the sync section scores
+    them as failed rather than losing its other checks."""
+    from slkd.host import graphs, trainer
+    from tests.helpers.graphs import ReplayBackend
+
+    class Unrecordable(ReplayBackend):
+        def capture(self, run):
+            raise graphs.StepCaptureError("SLKD.CUDA_GRAPHS could not record the training step (stand-in)")
+
+    def step_graphs(self):
+        if not self.cfg.SLKD.CUDA_GRAPHS:
+            return None
+        return graphs.StepGraphs(Unrecordable() if self.cfg.SLKD.AMP == "fp16" else ReplayBackend(), warmup_steps=1)
+
+    script = load_script()
+    monkeypatch.setattr(trainer.SLKDTrainer, "_step_graphs", step_graphs)
+    monkeypatch.setattr(script, "run_under_sync_error", lambda step, steps: {"passed": True, "error": None, "where": None, "steps_done": steps})
+    settings = script.Settings(script.parse_args(["--quick", "--device", "cpu", "--precisions", "fp32,fp16", "--iters", "2", "--warmup", "1"]))
+    settings.workdir = str(tmp_path)
+    settings.fast_modes = ["graphs"]
+    step = script.bench_step(settings, script.Timer(settings.device), {}, script.Bench(settings, host, {}))
+    timed = {(row["variant"], row["precision"]) for row in step["results"]}
+    assert ("slkd-graphs", "fp32") in timed and ("slkd", "fp16") in timed and ("slkd-graphs", "fp16") not in timed
+    assert any(note.startswith("slkd-graphs fp16 epoch 200: not timed") for note in step["notes"]), step["notes"]
+    assert "slkd-graphs_fp16_vs_fp32" not in step["ratios"] and "slkd_fp16_vs_fp32" in step["ratios"]
+    sync = script.bench_sync(settings, script.Timer(settings.device), {}, script.Bench(settings, host, {}))
+    scored = {(check["variant"], check["precision"]): check for check in sync["results"]}
+    assert not scored[("slkd-graphs", "fp16")]["passed"] and "not recorded" in scored[("slkd-graphs", "fp16")]["error"]
+    assert scored[("slkd-graphs", "fp32")]["passed"] and scored[("slkd", "fp16")]["passed"]

@@ -79,8 +79,8 @@ class CudaGraphBackend:
         except RuntimeError as error:
             raise StepCaptureError(
                 f"SLKD.CUDA_GRAPHS could not record the training step ({str(error).splitlines()[0]}); the "
-                "step probably synchronises with the host (a distiller reading a value, or fp16's gradient scaler "
-                "with an unfused optimizer): set SLKD.CUDA_GRAPHS False"
+                "step probably synchronises with the host (a distiller or loss that reads a value from the device): "
+                "set SLKD.CUDA_GRAPHS False"
             ) from error
         return graph, outputs
 
