@@ -4,7 +4,8 @@
 # estimated from benchmarks/results runs 4 and 5 on H200s), from the repository root:
 #
 #   SLKD_MDISTILLER_PATH=/path/to/mdistiller [SLKD_RELEASED_SLD_PATH=/path/to/released-SLD] \
-#   RESULTS=benchmarks/results/<card>-<date> [PARTS="1 2 3 4 5 6"] bash benchmarks/gpu_check.sh
+#   RESULTS=benchmarks/results/<card>-<date> [PARTS="1 2 3 4 5 6"] [SPEED_ONLY=step,sync] \
+#   bash benchmarks/gpu_check.sh
 #
 # 1. the CUDA tests (GPU = CPU losses, no host-device sync in a step, CUDA-graph training
 #    equal to eager training) and the fused loss's tests with its kernels compiled;
@@ -17,6 +18,7 @@
 #    training's in the same precision: part 6 runs eager fp16 itself, and plain and bf16 where
 #    parts 4 and 5 do not), and plain once more, whose drift from the first plain run is the
 #    yardstick for "match" (cuDNN is not deterministic);
+# SPEED_ONLY picks part 2's sections (sld_speed.py --only; default: all of them).
 # Each part writes into $RESULTS and a failed part does not stop the others.
 # DEVICE=cpu QUICK=1 runs the same parts small, to check the script itself.
 set -u
@@ -35,6 +37,7 @@ if [ -n "${QUICK:-}" ]; then
   SPEED_ARGS=(--quick)
   SMALL=(SOLVER.BATCH_SIZE 16 SLKD.LOADER.WORKERS 0 DATASET.TEST.BATCH_SIZE 500)
 fi
+if [ -n "${SPEED_ONLY:-}" ]; then SPEED_ARGS+=(--only "$SPEED_ONLY"); fi
 BENCH_SET=()
 for ((i = 0; i < ${#SMALL[@]}; i += 2)); do BENCH_SET+=(--set "${SMALL[i]}" "${SMALL[i + 1]}"); done
 part() { echo "[gpu_check] $(date +%T) $*"; }
