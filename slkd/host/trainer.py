@@ -275,7 +275,8 @@ class SLKDTrainer:
         that cache, and it changes the arithmetic: with it, a weight used on both views is cast
         once and its two gradients are summed in half precision (where fp16 overflows sooner);
         without it, each use is cast and the gradients are summed in float32. Eager steps and
-        recorded ones then compute the same, for a dozen more cast kernels per step."""
+        recorded ones then compute the same, for two dozen more casts per SLD step (forward and
+        backward; 91 instead of 67 counted on a CPU for resnet32x4 -> resnet8x4)."""
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, cache_enabled=False)
