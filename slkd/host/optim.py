@@ -8,13 +8,13 @@ weight decay ``wd`` and gradient ``g`` of parameter ``p``, each step is::
 
 The momentum buffers start as zeros here instead of being made at the first step. Without
 dampening ``mu * 0 + d`` is exactly ``d`` (up to the sign of a zero), so the updates are
-torch's to the bit. The reason
-is torch's fused SGD (one kernel for all parameters, what the trainer uses on a GPU): at its
-first step it makes the buffers with ``empty_like`` and leaves filling them to the kernel, and
-the kernel does nothing when fp16's gradient scaler has found an inf or NaN gradient, as in
-the first steps of many fp16 runs. The buffers then keep whatever the memory held, and the
-next step adds it to the weights. With buffers made up front, a skipped step leaves zeros,
-and every step, a recorded CUDA graph's included, runs the same kernels.
+torch's to the bit. The reason is torch's fused SGD (one kernel for all parameters, what the
+trainer uses on a GPU): at its first step it makes the buffers with ``empty_like`` and leaves
+filling them to the kernel, and the kernel does nothing when fp16's gradient scaler has found
+an inf or NaN gradient, as in the first steps of many fp16 runs. The buffers then keep
+whatever the memory held, and the next step adds it to the weights. With buffers made up
+front, a skipped step leaves zeros, and every step, a recorded CUDA graph's included, runs
+the same kernels.
 """
 
 from __future__ import annotations
