@@ -190,17 +190,13 @@ def test_opt_in_modes_run_through_every_section(tmp_path, monkeypatch, host):
     that a lent GPU's minutes are not lost to a broken code path."""
     import importlib.util
 
-    from slkd.host import graphs, trainer
-    from tests.helpers.graphs import ReplayBackend
+    from tests.helpers.graphs import ReplayBackend, replay_graphs_in_trainer
 
     spec = importlib.util.spec_from_file_location("sld_speed_modes", SCRIPT)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     monkeypatch.setattr(bench, "fast_modes", lambda cuda: (["fused", "graphs"], ""))
-    monkeypatch.setattr(
-        trainer.SLKDTrainer, "_step_graphs",
-        lambda self: graphs.StepGraphs(ReplayBackend(), warmup_steps=1) if self.cfg.SLKD.CUDA_GRAPHS else None,
-    )  # fmt: skip
+    replay_graphs_in_trainer(monkeypatch)
     monkeypatch.setattr(bench, "graph_backend", lambda device: ReplayBackend())
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "modes.json"
@@ -275,14 +271,11 @@ def test_sync_check_with_graphs_covers_replays_only(tmp_path, monkeypatch, host)
     """Recording a CUDA graph synchronises by design (torch.cuda.graph), so the sync check of
     the graphs mode must start once its step is recorded, at each pseudo-teacher state. Run
     here with the CPU stand-in for graphs and the debug mode stubbed."""
-    from slkd.host import graphs, trainer
-    from tests.helpers.graphs import ReplayBackend
+    from slkd.host import graphs
+    from tests.helpers.graphs import replay_graphs_in_trainer
 
     script = load_script()
-    monkeypatch.setattr(
-        trainer.SLKDTrainer, "_step_graphs",
-        lambda self: graphs.StepGraphs(ReplayBackend()) if self.cfg.SLKD.CUDA_GRAPHS else None,
-    )  # fmt: skip
+    replay_graphs_in_trainer(monkeypatch, warmup_steps=graphs.WARMUP_STEPS)
     settings = script.Settings(script.parse_args(["--quick", "--device", "cpu", "--precisions", "fp32"]))
     settings.workdir = str(tmp_path)
     settings.fast_modes = ["graphs"]
@@ -339,19 +332,16 @@ def test_interleaved_step_timing_keeps_each_graph_trainer_on_one_epoch(tmp_path,
     """The step variants are timed interleaved; a CUDA-graph trainer keeps the graphs of one
     graph key only, so epochs 1 and 200 (pseudo-teacher off and on) each need their own
     trainer, or every interleaved step would record its graph again."""
-    from slkd.host import graphs, trainer
-    from tests.helpers.graphs import ReplayBackend
+    from tests.helpers.graphs import ReplayBackend, replay_graphs_in_trainer
 
     script = load_script()
     backends = []
 
-    def step_graphs(self):
-        if not self.cfg.SLKD.CUDA_GRAPHS:
-            return None
+    def new_backend(cfg):
         backends.append(ReplayBackend())
-        return graphs.StepGraphs(backends[-1], warmup_steps=1)
+        return backends[-1]
 
-    monkeypatch.setattr(trainer.SLKDTrainer, "_step_graphs", step_graphs)
+    replay_graphs_in_trainer(monkeypatch, new_backend)
     settings = script.Settings(script.parse_args(["--quick", "--device", "cpu", "--precisions", "fp32", "--iters", "4", "--warmup", "2"]))
     settings.workdir = str(tmp_path)
     settings.fast_modes = ["graphs"]
@@ -401,14 +391,10 @@ def test_loss_host_time_cases_all_run():
 def test_sync_check_covers_fp16_with_its_scaler(tmp_path, monkeypatch, host):
     """fp16 steps are checked for syncs too, in every mode: with a fused SGD the gradient
     scaler need not read its inf flag on the host, and the check finds out on a GPU."""
-    from slkd.host import graphs, trainer
-    from tests.helpers.graphs import ReplayBackend
+    from tests.helpers.graphs import replay_graphs_in_trainer
 
     script = load_script()
-    monkeypatch.setattr(
-        trainer.SLKDTrainer, "_step_graphs",
-        lambda self: graphs.StepGraphs(ReplayBackend(), warmup_steps=1) if self.cfg.SLKD.CUDA_GRAPHS else None,
-    )  # fmt: skip
+    replay_graphs_in_trainer(monkeypatch)
     checked = []
 
     def recorded(step, steps):
@@ -430,20 +416,15 @@ def test_a_step_that_cannot_be_recorded_costs_its_own_rows_only(tmp_path, monkey
     """The fp16 graph rows are the newest: if their step cannot be recorded on a GPU, the step
     section leaves their row out with a note and keeps the others, and the sync section scores
     them as failed rather than losing its other checks."""
-    from slkd.host import graphs, trainer
-    from tests.helpers.graphs import ReplayBackend
+    from slkd.host import graphs
+    from tests.helpers.graphs import ReplayBackend, replay_graphs_in_trainer
 
     class Unrecordable(ReplayBackend):
         def capture(self, run):
             raise graphs.StepCaptureError("SLKD.CUDA_GRAPHS could not record the training step (stand-in)")
 
-    def step_graphs(self):
-        if not self.cfg.SLKD.CUDA_GRAPHS:
-            return None
-        return graphs.StepGraphs(Unrecordable() if self.cfg.SLKD.AMP == "fp16" else ReplayBackend(), warmup_steps=1)
-
     script = load_script()
-    monkeypatch.setattr(trainer.SLKDTrainer, "_step_graphs", step_graphs)
+    replay_graphs_in_trainer(monkeypatch, lambda cfg: Unrecordable() if cfg.SLKD.AMP == "fp16" else ReplayBackend())
     monkeypatch.setattr(script, "run_under_sync_error", lambda step, steps: {"passed": True, "error": None, "where": None, "steps_done": steps})
     settings = script.Settings(script.parse_args(["--quick", "--device", "cpu", "--precisions", "fp32,fp16", "--iters", "2", "--warmup", "1"]))
     settings.workdir = str(tmp_path)
