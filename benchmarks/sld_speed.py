@@ -1355,7 +1355,7 @@ def bench_loader(settings: Settings, timer: Timer, shared: dict, bench: Bench, c
         # slkd's loader with fewer workers: does the default's number of workers pay?
         for workers in sorted({max(1, real_loader.num_workers // 2), min(4, real_loader.num_workers)} - {real_loader.num_workers}, reverse=True):
             trainer.train_loader = DataLoader(
-                train_set, batch_size=s.batch, sampler=real_loader.sampler, drop_last=real_loader.drop_last, num_workers=workers,
+                real_loader.dataset, batch_size=s.batch, sampler=real_loader.sampler, drop_last=real_loader.drop_last, num_workers=workers,
                 pin_memory=real_loader.pin_memory, persistent_workers=real_loader.persistent_workers, prefetch_factor=real_loader.prefetch_factor,
             )  # fmt: skip
             warm_up(trainer.train_loader)

@@ -1,5 +1,6 @@
 """torchrun's path on a CPU with gloo: two processes compute what one process computes over
-the same global batch, and a two-process checkpoint resumes in one process."""
+the same global batch (random augmentations included), and a two-process checkpoint resumes
+in one process."""
 
 import json
 import os
@@ -22,7 +23,7 @@ def _free_port():
         return sock.getsockname()[1]
 
 
-def _worker(rank, world, port, prefix, epochs, batchnorm=False):
+def _worker(rank, world, port, prefix, epochs, batchnorm=False, random_views=False, workers=0):
     os.environ.update(
         {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
          "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
@@ -32,13 +33,21 @@ def _worker(rank, world, port, prefix, epochs, batchnorm=False):
 
     context = distributed.init("cpu")
     try:
-        tiny_trainer(tiny_cfg(prefix, epochs=epochs), context=context, batchnorm=batchnorm).train()
+        tiny_trainer(_cfg(prefix, epochs, workers), context=context, batchnorm=batchnorm, random_views=random_views).train()
     finally:
         distributed.shutdown()
 
 
-def _run_two_processes(prefix, epochs, batchnorm=False):
-    mp.start_processes(_worker, args=(2, _free_port(), str(prefix), epochs, batchnorm), nprocs=2, start_method="spawn")
+def _cfg(prefix, epochs, workers=0):
+    cfg = tiny_cfg(prefix, epochs=epochs)
+    cfg.SLKD.LOADER.WORKERS = workers
+    return cfg
+
+
+def _run_two_processes(prefix, epochs, batchnorm=False, random_views=False, workers=0):
+    mp.start_processes(
+        _worker, args=(2, _free_port(), str(prefix), epochs, batchnorm, random_views, workers), nprocs=2, start_method="spawn"
+    )
 
 
 def _metrics(prefix):
@@ -56,9 +65,13 @@ def _assert_same(a, b):
             assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-6), key
 
 
-def test_two_processes_match_one_process_over_the_same_global_batch(tmp_path):
-    tiny_trainer(tiny_cfg(tmp_path / "one", epochs=2)).train()
-    _run_two_processes(tmp_path / "two", epochs=2)
+@pytest.mark.parametrize("random_views", [False, True], ids=["fixed-views", "random-views"])
+def test_two_processes_match_one_process_over_the_same_global_batch(tmp_path, random_views):
+    """With random views each image's crop, flip, RandAugment and Cutout come from its own
+    key, so both processes (one loader worker each) augment as the one process does: with
+    draws taken from each process's streams, the two ranks would even repeat each other's."""
+    tiny_trainer(_cfg(tmp_path / "one", 2), random_views=random_views).train()
+    _run_two_processes(tmp_path / "two", epochs=2, random_views=random_views, workers=1 if random_views else 0)
     _assert_same(_metrics(tmp_path / "one"), _metrics(tmp_path / "two"))
     assert _metrics(tmp_path / "two")[0]["train_images"] == 24  # all images, counted over processes
     for name, tensor in _student(tmp_path / "one").items():

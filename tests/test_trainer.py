@@ -60,13 +60,20 @@ def test_learning_rate_follows_mdistiller_steps(tmp_path):
     assert [round(line["lr"], 6) for line in metrics(tmp_path)] == [0.1, 0.1, 0.01]
 
 
-def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize(
+    "loading",
+    [[], ["--workers", "2", "--random-views"]],
+    ids=["fixed-views-no-workers", "random-views-persistent-workers"],
+)
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, loading):
+    """Also with random views loaded by persistent workers: the resumed process's new workers
+    must draw epoch 2's augmentations as the uninterrupted run's workers did in their second epoch."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    subprocess.run([sys.executable, str(HELPER), str(whole), "3"], check=True, capture_output=True)
-    died = subprocess.run([sys.executable, str(HELPER), str(killed), "3", "--kill-at", "2:5"], capture_output=True)
+    subprocess.run([sys.executable, str(HELPER), str(whole), "3", *loading], check=True, capture_output=True)
+    died = subprocess.run([sys.executable, str(HELPER), str(killed), "3", "--kill-at", "2:5", *loading], capture_output=True)
     assert died.returncode == -9, died.stderr.decode()[-2000:]
     assert [line["epoch"] for line in metrics(killed)] == [1]
-    resumed = subprocess.run([sys.executable, str(HELPER), str(killed), "3", "--resume"], capture_output=True, text=True)
+    resumed = subprocess.run([sys.executable, str(HELPER), str(killed), "3", "--resume", *loading], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming" in resumed.stdout
     expected, got = metrics(whole), metrics(killed)

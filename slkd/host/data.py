@@ -6,18 +6,26 @@ the transform (one or two views, :mod:`slkd.host.views`) and how the loader is f
 workers sized to the machine, pinned memory, persistent workers, prefetching, and a
 ``DistributedSampler`` under torchrun.
 
+Every random draw a training item makes (crops, flips, RandAugment, Cutout, CRD's negatives)
+is a function of ``(SLKD.SEED, epoch, index)`` alone (:class:`SeededItems`): not of the
+worker that loads it, the number of workers or processes, or what the workers drew before.
+So a resumed epoch loads exactly what the uninterrupted run loaded, and under torchrun the
+processes' batches together are the one process's batch, augmentations included.
+
 ``SyntheticCIFAR100`` stands in for CIFAR-100 in smoke runs and benchmarks: random pixels
 of the right shape, labels in range, the real transforms, and CRD's contrastive sampling.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import random
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 from slkd.host.config import ConfigError
@@ -135,18 +143,84 @@ def train_loader(dataset, cfg, *, device: torch.device, world_size: int = 1, ran
 
     ``SOLVER.BATCH_SIZE`` is the global batch: each of ``world_size`` processes loads
     ``BATCH_SIZE / world_size`` images (mdistiller's DataParallel split the same batch).
-    The order is a permutation drawn from ``(SLKD.SEED, epoch)``, also in one process, so
-    at every step the processes' batches together are the one process's batch.
+    The order is a permutation drawn from ``(SLKD.SEED, epoch)``, also in one process, and
+    each item's random draws come from ``(SLKD.SEED, epoch, index)`` (:class:`SeededItems`),
+    so at every step the processes' batches together are the one process's batch. Call
+    ``loader.sampler.set_epoch(epoch)`` before each epoch.
     """
     per_process = _per_process_batch(cfg.SOLVER.BATCH_SIZE, world_size)
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=int(cfg.SLKD.SEED))
+    seed = int(cfg.SLKD.SEED)
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
     return DataLoader(
-        dataset,
+        SeededItems(dataset, seed),
         batch_size=per_process,
-        sampler=sampler,
+        sampler=EpochTagged(sampler),
         drop_last=drop_last,
         **_feeding(cfg, device, world_size),
     )
+
+
+class EpochTagged(Sampler):
+    """``sampler``'s indices as ``(epoch, index)`` keys for :class:`SeededItems`.
+
+    The keys are drawn in the main process, where ``set_epoch`` is called, and travel to the
+    workers with the batch, so persistent workers learn the epoch without being restarted.
+    """
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        return ((self.epoch, index) for index in self.sampler)
+
+    def __len__(self):
+        return len(self.sampler)
+
+
+class SeededItems(Dataset):
+    """``dataset`` read by ``(epoch, index)`` keys, each item's randomness seeded from
+    ``(seed, epoch, index)``.
+
+    Before ``dataset[index]`` runs, python's ``random``, numpy's global state and torch's CPU
+    generator (the ones torchvision's transforms, slkd's RandAugment and mdistiller's CRD
+    sampling draw from) are seeded from :func:`item_seed`; afterwards they are put back as
+    they were, so the process's own random streams (a model's dropout when the loader runs
+    in the main process) go on undisturbed.
+    """
+
+    def __init__(self, dataset, seed: int):
+        self.dataset = dataset
+        self.seed = int(seed)
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        saved = random.getstate(), np.random.get_state(), torch.random.default_generator.get_state()
+        seed = item_seed(self.seed, epoch, index)
+        random.seed(seed)
+        np.random.seed([seed & 0xFFFFFFFF, seed >> 32])
+        torch.random.default_generator.manual_seed(seed)
+        try:
+            return self.dataset[index]
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            torch.random.default_generator.set_state(saved[2])
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """A 64-bit seed for item ``index`` in ``epoch`` of a run seeded with ``seed`` (a hash: no
+    two keys of a run share it in practice, and nearby keys give unrelated streams)."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
 
 
 def test_loader(dataset, cfg, *, device: torch.device, world_size: int = 1, rank: int = 0):
@@ -180,7 +254,7 @@ def _feeding(cfg, device: torch.device, world_size: int) -> dict:
         workers = auto_workers(world_size)
     options = {"num_workers": workers, "pin_memory": bool(cfg.SLKD.LOADER.PIN_MEMORY) and device.type == "cuda"}
     if workers > 0:
-        options["persistent_workers"] = not bool(cfg.SLKD.DETERMINISTIC)
+        options["persistent_workers"] = True  # items are seeded by key (SeededItems), not by worker
         options["prefetch_factor"] = int(cfg.SLKD.LOADER.PREFETCH)
     return options
 

@@ -149,7 +149,7 @@ class SLKDTrainer:
 
     def run_epoch(self, epoch: int) -> dict:
         """Train one epoch, evaluate when due, checkpoint; return the epoch's metrics."""
-        seed_everything(int(self.cfg.SLKD.SEED), epoch)
+        seed_everything(int(self.cfg.SLKD.SEED), epoch, rank=self.context.rank)
         lr = self._set_learning_rate(epoch)
         sampler = self.train_loader.sampler
         if hasattr(sampler, "set_epoch"):
@@ -473,10 +473,12 @@ def _scalar(value: torch.Tensor) -> torch.Tensor:
     return (value.mean() if value.dim() else value).float()
 
 
-def seed_everything(seed: int, epoch: int) -> None:
-    """Seed python, numpy and torch from (seed, epoch), so an epoch replays after a resume
-    (epoch 0: the set-up before training, e.g. the networks' initial weights)."""
-    mixed = (seed * 1_000_003 + epoch) % 2**32
+def seed_everything(seed: int, epoch: int, rank: int = 0) -> None:
+    """Seed python, numpy and torch from (seed, epoch, rank), so an epoch replays after a
+    resume (epoch 0: the set-up before training, e.g. the networks' initial weights, the same
+    in every process). ``rank`` gives each torchrun process its own streams (dropout); the
+    data's draws do not come from here but from each item's key (:class:`slkd.host.data.SeededItems`)."""
+    mixed = (seed * 1_000_003 + epoch + rank * 2**20) % 2**32
     random.seed(mixed)
     np.random.seed(mixed)
     torch.manual_seed(mixed)

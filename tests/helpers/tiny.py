@@ -14,7 +14,7 @@ from yacs.config import CfgNode as CN
 
 from slkd.host.config import slkd_node, sld_node
 from slkd.host.data import SyntheticCIFAR100
-from slkd.host.views import TwoViews, cifar100_test_transform
+from slkd.host.views import TwoViews, cifar100_test_transform, two_view_transform
 from slkd.losses.sld import SLDLoss
 
 
@@ -97,20 +97,22 @@ class Loader:
         self.dataset = dataset
 
 
-def tiny_datasets(train_size=24, test_size=16, num_classes=10):
-    """Deterministic views (no random crop), so processes can be compared image for image."""
+def tiny_datasets(train_size=24, test_size=16, num_classes=10, random_views=False):
+    """Deterministic views (no random crop) by default; ``random_views``: CIFAR-100's weak and
+    strong views (crop, flip, RandAugment, Cutout), whose draws the loader seeds per item."""
     transform = cifar100_test_transform()
-    train = SyntheticCIFAR100(train_size, TwoViews(transform, transform), seed=3, num_classes=num_classes)
+    views = two_view_transform("cifar100") if random_views else TwoViews(transform, transform)
+    train = SyntheticCIFAR100(train_size, views, seed=3, num_classes=num_classes)
     test = SyntheticCIFAR100(test_size, transform, seed=4, with_index=False, num_classes=num_classes)
     return train, test
 
 
-def tiny_trainer(cfg, context=None, nan_at=None, model_seed=0, batchnorm=False):
+def tiny_trainer(cfg, context=None, nan_at=None, model_seed=0, batchnorm=False, random_views=False):
     """Teacher and student initialised from ``model_seed`` in every process."""
     from slkd.host.trainer import SLKDTrainer
 
     torch.manual_seed(model_seed)
     student, teacher = TinyNet(batchnorm=batchnorm), TinyNet(batchnorm=batchnorm)
     distiller = TinyDistiller(student, teacher, cfg, nan_at=nan_at)
-    train, test = tiny_datasets()
+    train, test = tiny_datasets(random_views=random_views)
     return SLKDTrainer("tiny/run", distiller, Loader(train), Loader(test), cfg, context=context, argv=["test"])

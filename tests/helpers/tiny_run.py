@@ -1,5 +1,7 @@
-"""``python tiny_run.py PREFIX EPOCHS [--resume] [--kill-at EPOCH:CALL]``: a tiny slkd run in a
-subprocess, which can SIGKILL itself in the middle of an epoch (tests/test_trainer.py)."""
+"""``python tiny_run.py PREFIX EPOCHS [--resume] [--kill-at EPOCH:CALL] [--workers N] [--random-views]``:
+a tiny slkd run in a subprocess, which can SIGKILL itself in the middle of an epoch
+(tests/test_trainer.py). ``--workers``: loader workers (default none); ``--random-views``:
+CIFAR-100's random weak and strong views instead of fixed ones."""
 
 import os
 import signal
@@ -17,7 +19,10 @@ def main():
     if "--kill-at" in sys.argv:
         epoch, call = sys.argv[sys.argv.index("--kill-at") + 1].split(":")
         kill_at = (int(epoch), int(call))
-    trainer = tiny_trainer(tiny_cfg(prefix, epochs=epochs))
+    cfg = tiny_cfg(prefix, epochs=epochs)
+    if "--workers" in sys.argv:
+        cfg.SLKD.LOADER.WORKERS = int(sys.argv[sys.argv.index("--workers") + 1])
+    trainer = tiny_trainer(cfg, random_views="--random-views" in sys.argv)
     if kill_at is not None:
         distiller = trainer.distiller
         original = distiller.forward_train
