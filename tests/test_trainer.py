@@ -85,6 +85,35 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, loadi
         torch.testing.assert_close(student_weights(killed)[name], tensor)
 
 
+@pytest.mark.parametrize(
+    "kill",
+    ["latest:1:after", "latest:2:before", "best:4:before", "student_best:4:before"],
+)
+def test_a_kill_around_the_checkpoints_loses_no_metrics_and_no_best(tmp_path, kill):
+    """Killed just after epoch 1's ``latest`` (its metrics line must already be written),
+    just before epoch 2's (the line is written, and the resume must drop and redo it), or
+    while the best checkpoint of the last epoch is written (``latest`` must not be ahead of
+    it): the resumed run ends with the uninterrupted run's metrics, summary and best."""
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run([sys.executable, str(HELPER), str(whole), "4"], check=True, capture_output=True)
+    assert [line["best_acc"] for line in metrics(whole)][-2:] == [18.75, 25.0]  # epoch 4 improves on the best
+    died = subprocess.run([sys.executable, str(HELPER), str(killed), "4", "--kill-saving", kill], capture_output=True)
+    assert died.returncode == -9, died.stderr.decode()[-2000:]
+    resumed = subprocess.run([sys.executable, str(HELPER), str(killed), "4", "--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    expected, got = metrics(whole), metrics(killed)
+    assert [line["epoch"] for line in got] == [1, 2, 3, 4]
+    for a, b in zip(expected, got):
+        for key in LOSS_KEYS + ("test_acc", "best_acc"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), key
+    summary = lambda prefix: json.loads((Path(prefix) / "tiny" / "run" / "summary.json").read_text())
+    assert summary(killed)["best_acc"] == summary(whole)["best_acc"] and summary(killed)["epochs_done"] == 4
+    best = lambda prefix, name: load(Path(prefix) / "tiny" / "run" / name)
+    assert best(killed, "best")["epoch"] == best(whole, "best")["epoch"] == 4
+    for name, tensor in best(whole, "student_best")["model"].items():
+        torch.testing.assert_close(best(killed, "student_best")["model"][name], tensor)
+
+
 def test_truncated_latest_falls_back_to_previous_and_says_so(tmp_path):
     tiny_trainer(tiny_cfg(tmp_path, epochs=2)).train()
     latest = tmp_path / "tiny" / "run" / "latest"

@@ -135,11 +135,9 @@ class SLKDTrainer:
             start = self._resume()
         elif self.context.is_main:
             self.record.start(self.cfg, self.argv, environment(self.host_package))
-        self._open_writer()
         epochs = int(self.cfg.SOLVER.EPOCHS)
         for epoch in range(start, epochs + 1):
-            metrics = self.run_epoch(epoch)
-            self._log(metrics)
+            self.run_epoch(epoch)
         if start > epochs and self.context.is_main:  # resumed a finished run: refresh its summary
             done = self.record.read_metrics()
             if done:
@@ -148,7 +146,13 @@ class SLKDTrainer:
         return self.best_acc
 
     def run_epoch(self, epoch: int) -> dict:
-        """Train one epoch, evaluate when due, checkpoint; return the epoch's metrics."""
+        """Train one epoch, evaluate when due, record and checkpoint; return the epoch's metrics.
+
+        The order survives a kill at any point: the metrics line is appended first (a resume
+        from the previous checkpoint drops it and trains the epoch again), the checkpoints
+        follow with ``latest`` last (so ``best`` is never behind a ``latest`` that a resume
+        would start from), and the summary, which ``slkd-bench`` reads to call a run finished,
+        is written after them."""
         seed_everything(int(self.cfg.SLKD.SEED), epoch, rank=self.context.rank)
         lr = self._set_learning_rate(epoch)
         sampler = self.train_loader.sampler
@@ -172,7 +176,10 @@ class SLKDTrainer:
         if improved:
             self.best_acc = metrics["test_acc"]
         metrics["best_acc"] = self.best_acc
+        if self.context.is_main:
+            self.record.log_epoch(metrics)
         self._save(epoch, improved)
+        self._report(metrics)
         return metrics
 
     def _train_epoch(self, epoch: int) -> dict:
@@ -348,13 +355,13 @@ class SLKDTrainer:
         folder = self.run_folder
         state = self._state(epoch)
         student = {"model": self.student.state_dict()}
-        checkpoint.save_latest(state, folder, "latest")
-        checkpoint.save_atomic(student, folder / "student_latest")
+        if epoch % int(self.cfg.LOG.SAVE_CHECKPOINT_FREQ) == 0:
+            checkpoint.save_atomic(student, folder / f"student_{epoch}")
         if improved:
             checkpoint.save_atomic(state, folder / "best")
             checkpoint.save_atomic(student, folder / "student_best")
-        if epoch % int(self.cfg.LOG.SAVE_CHECKPOINT_FREQ) == 0:
-            checkpoint.save_atomic(student, folder / f"student_{epoch}")
+        checkpoint.save_atomic(student, folder / "student_latest")
+        checkpoint.save_latest(state, folder, "latest")  # last: a resume starts from here
 
     def _resume(self) -> int:
         state, path = checkpoint.load_latest(self.run_folder)
@@ -371,20 +378,15 @@ class SLKDTrainer:
         return int(state["epoch"]) + 1
 
     # ----------------------------------------------------------------- logging
-    def _open_writer(self):
-        if self.context.is_main:
-            from tensorboardX import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.run_folder / "train.events"))
-
     def _close_writer(self):
         if self.writer is not None:
             self.writer.close()
+            self.writer = None
 
-    def _log(self, metrics: dict) -> None:
+    def _report(self, metrics: dict) -> None:
+        """Summary, tensorboard (and wandb) scalars and the epoch's line, on rank 0."""
         if not self.context.is_main:
             return
-        self.record.log_epoch(metrics)
         self._write_summary(metrics)
         self._write_scalars(metrics)
 
@@ -405,6 +407,10 @@ class SLKDTrainer:
         )
 
     def _write_scalars(self, metrics: dict) -> None:
+        if self.writer is None:
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_folder / "train.events"))
         epoch = metrics["epoch"]
         for name, value in metrics.items():
             if name != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
