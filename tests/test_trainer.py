@@ -114,6 +114,33 @@ def test_a_kill_around_the_checkpoints_loses_no_metrics_and_no_best(tmp_path, ki
         torch.testing.assert_close(best(killed, "student_best")["model"][name], tensor)
 
 
+def test_a_fresh_start_refuses_to_write_over_an_earlier_run(tmp_path):
+    from slkd.host.config import ConfigError
+
+    tiny_trainer(tiny_cfg(tmp_path, epochs=1)).train()
+    before = metrics(tmp_path)
+    with pytest.raises(ConfigError, match=r"holds the checkpoints of an earlier run: continue it with --resume"):
+        tiny_trainer(tiny_cfg(tmp_path, epochs=1)).train()
+    assert metrics(tmp_path) == before  # nothing of the earlier run was touched
+
+
+def test_resume_refuses_changed_settings_and_names_them(tmp_path):
+    from slkd.host.config import ConfigError
+
+    tiny_trainer(tiny_cfg(tmp_path, epochs=1)).train()
+    changed = tiny_cfg(tmp_path, epochs=2, seed=3)
+    changed.SLKD.AMP = "bf16"
+    with pytest.raises(ConfigError, match=r"other settings: SLKD.AMP none \(now bf16\); SLKD.SEED 0 \(now 3\)\. Resume it with its own"):
+        tiny_trainer(changed).train(resume=True)
+    assert [line["epoch"] for line in metrics(tmp_path)] == [1]
+    # how the run is executed, and its length, may change
+    longer = tiny_cfg(tmp_path, epochs=2)
+    longer.SLKD.LOADER.WORKERS = 1
+    longer.LOG.SAVE_CHECKPOINT_FREQ = 1
+    tiny_trainer(longer).train(resume=True)
+    assert [line["epoch"] for line in metrics(tmp_path)] == [1, 2]
+
+
 def test_truncated_latest_falls_back_to_previous_and_says_so(tmp_path):
     tiny_trainer(tiny_cfg(tmp_path, epochs=2)).train()
     latest = tmp_path / "tiny" / "run" / "latest"

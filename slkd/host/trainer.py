@@ -32,10 +32,18 @@ from slkd.host import data, graphs, optim
 from slkd.host.config import ConfigError, validate_run_options
 from slkd.utils import checkpoint
 from slkd.utils.distributed import DistContext, all_reduce_sum
-from slkd.utils.records import RunRecord, environment
+from slkd.utils.records import RunRecord, changed_settings, environment
 
 
 TOP_K = 5  # accuracies are reported at top-1 and top-5
+
+#: Config keys (and nodes) a resumed run may change: how it is run, not what it trains, and
+#: SOLVER.EPOCHS, to train a run further. Any other change is refused by ``--resume``.
+RESUME_MAY_CHANGE = (
+    "SOLVER.EPOCHS", "LOG", "EXPERIMENT", "DATASET.NUM_WORKERS", "DATASET.TEST.BATCH_SIZE",
+    "SLKD.LOADER", "SLKD.EVAL_FREQ", "SLKD.DETERMINISTIC", "SLKD.FUSED_LOSS", "SLKD.CUDA_GRAPHS",
+    "SLKD.CHANNELS_LAST",
+)  # fmt: skip
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -133,8 +141,10 @@ class SLKDTrainer:
         start = 1
         if resume:
             start = self._resume()
-        elif self.context.is_main:
-            self.record.start(self.cfg, self.argv, environment(self.host_package))
+        else:
+            self._refuse_to_overwrite()
+            if self.context.is_main:
+                self.record.start(self.cfg, self.argv, environment(self.host_package))
         epochs = int(self.cfg.SOLVER.EPOCHS)
         for epoch in range(start, epochs + 1):
             self.run_epoch(epoch)
@@ -363,8 +373,24 @@ class SLKDTrainer:
         checkpoint.save_atomic(student, folder / "student_latest")
         checkpoint.save_latest(state, folder, "latest")  # last: a resume starts from here
 
+    def _refuse_to_overwrite(self) -> None:
+        """ConfigError when a fresh start would write over an earlier run's checkpoints."""
+        if any((self.run_folder / name).is_file() for name in ("latest", "latest.prev")):
+            raise ConfigError(
+                f"{self.run_folder} holds the checkpoints of an earlier run: continue it with --resume, "
+                "give this run another folder (EXPERIMENT.TAG or LOG.PREFIX), or delete that folder"
+            )
+
     def _resume(self) -> int:
         state, path = checkpoint.load_latest(self.run_folder)
+        if "config" in state:
+            changed = changed_settings(state["config"], self.cfg.dump(), RESUME_MAY_CHANGE)
+            if changed:
+                raise ConfigError(
+                    f"--resume: the run in {self.run_folder} was trained with other settings: {'; '.join(changed)}. "
+                    "Resume it with its own settings (its config.yaml), or train these in another folder "
+                    "(EXPERIMENT.TAG or LOG.PREFIX)"
+                )
         _load_plain_state(self.distiller, state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         optim.fill_momentum_buffers(self.optimizer)  # a state saved before a parameter had a gradient lacks its buffer
