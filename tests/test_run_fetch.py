@@ -5,6 +5,7 @@ architectures, randomly initialised, or simple stand-in state dicts), fetched wi
 ``archive=`` or through ``file://`` URLs, and a tiny CIFAR-100 folder in torchvision's
 pickle format.  Tests marked by the ``cifar_model_dict`` fixture need mdistiller: set
 SLKD_MDISTILLER_PATH to a checkout (it is prepended to sys.path) or pip install -e it.
+Other tests check the architectures against small fake mdistiller packages.
 """
 
 import functools
@@ -16,6 +17,7 @@ import logging
 import os
 import pickle
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -35,20 +37,27 @@ from slkd.run.fetch import FetchError
 TEACHERS = ["resnet56", "resnet110", "resnet32x4", "ResNet50", "wrn_40_2", "vgg13"]
 LAYOUT = "download_ckpts/cifar_teachers/{}_vanilla/ckpt_epoch_240.pth"
 SLKD_PARENT = Path(slkd.__file__).resolve().parents[1]
+HOST = os.environ.get("SLKD_MDISTILLER_PATH")
+"""The mdistiller checkout the tests run against (read before the tests unset the variable)."""
 
 
 @pytest.fixture(autouse=True)
 def _no_root_env(monkeypatch):
-    monkeypatch.delenv(fetch.ROOT_ENV_VAR, raising=False)
+    for name in fetch.ROOT_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
+def env_without_roots():
+    """os.environ for a subprocess, without the variables that name an mdistiller checkout."""
+    return {k: v for k, v in os.environ.items() if k not in fetch.ROOT_ENV_VARS}
 
 
 @pytest.fixture(scope="module")
 def cifar_model_dict():
     """mdistiller's cifar_model_dict, from SLKD_MDISTILLER_PATH or an installed mdistiller."""
-    extra = os.environ.get("SLKD_MDISTILLER_PATH")
     with pytest.MonkeyPatch.context() as mp:
-        if extra:
-            mp.syspath_prepend(extra)
+        if HOST:
+            mp.syspath_prepend(HOST)
         try:
             module = importlib.import_module("mdistiller.models.cifar")
         except ModuleNotFoundError as exc:
@@ -66,6 +75,54 @@ def no_mdistiller(monkeypatch):
     """Make every mdistiller import fail, as when it is not installed."""
     for name in [n for n in sys.modules if n.split(".")[0] == "mdistiller"] + ["mdistiller"]:
         monkeypatch.setitem(sys.modules, name, None)
+
+
+def mdistiller_modules():
+    return [name for name in sys.modules if name.split(".")[0] == "mdistiller"]
+
+
+@pytest.fixture
+def forget_mdistiller():
+    """Let the test import mdistiller afresh; the modules imported before come back afterwards."""
+    saved = {name: sys.modules.pop(name) for name in mdistiller_modules()}
+    yield
+    for name in mdistiller_modules():
+        del sys.modules[name]
+    sys.modules.update(saved)
+
+
+@pytest.fixture
+def host_checkout(cifar_model_dict, tmp_path):
+    """A checkout root whose mdistiller/ is a symlink to the tested mdistiller package."""
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    (checkout / "mdistiller").symlink_to(Path(importlib.import_module("mdistiller").__file__).parent)
+    return checkout
+
+
+FAKE_CIFAR_MODELS = """
+import torch
+
+def stand_in(num_classes):
+    model = torch.nn.Module()
+    model.fc = torch.nn.Linear({in_features}, num_classes)
+    return model
+
+cifar_model_dict = {{name: (stand_in, None) for name in {names!r}}}
+"""
+
+
+def write_fake_mdistiller(root, in_features=8):
+    """An mdistiller package under root whose teachers are one Linear(in_features, classes) layer.
+
+    With 8 input features it fits the checkpoints of :func:`stand_in_state`.
+    """
+    cifar = Path(root) / "mdistiller" / "models" / "cifar"
+    cifar.mkdir(parents=True)
+    (cifar.parents[1] / "__init__.py").write_text("")
+    (cifar.parent / "__init__.py").write_text("")
+    (cifar / "__init__.py").write_text(FAKE_CIFAR_MODELS.format(in_features=in_features, names=TEACHERS))
+    return Path(root)
 
 
 # --------------------------------------------------------------------------- archive helpers
@@ -151,21 +208,44 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
 # --------------------------------------------------------------------------- checkout root
 
 
-def test_find_root_explicit_and_env(tmp_path, monkeypatch):
+def test_find_root_explicit(tmp_path):
     (tmp_path / "mdistiller").mkdir()
     assert fetch.find_mdistiller_root(tmp_path) == tmp_path
-    monkeypatch.setenv(fetch.ROOT_ENV_VAR, str(tmp_path))
+
+
+@pytest.mark.parametrize("variable", ["SLKD_MDISTILLER_PATH", "SLKD_MDISTILLER_ROOT"])
+def test_find_root_from_either_variable(tmp_path, monkeypatch, variable):
+    (tmp_path / "mdistiller").mkdir()
+    monkeypatch.setenv(variable, str(tmp_path))
     assert fetch.find_mdistiller_root() == tmp_path
 
 
-@pytest.mark.parametrize("via_env", [False, True])
-def test_find_root_rejects_folder_without_mdistiller(tmp_path, monkeypatch, via_env):
-    if via_env:
-        monkeypatch.setenv(fetch.ROOT_ENV_VAR, str(tmp_path))
+def test_slkd_mdistiller_path_wins_over_root(tmp_path, monkeypatch, caplog):
+    for name in ("path", "root"):
+        (tmp_path / name / "mdistiller").mkdir(parents=True)
+    monkeypatch.setenv("SLKD_MDISTILLER_PATH", str(tmp_path / "path"))
+    monkeypatch.setenv("SLKD_MDISTILLER_ROOT", str(tmp_path / "root"))
+    assert fetch.find_mdistiller_root() == tmp_path / "path"
+    assert f"Ignoring $SLKD_MDISTILLER_ROOT={tmp_path / 'root'}" in caplog.text
+
+
+def test_cli_reads_slkd_mdistiller_path(no_mdistiller, checkout, stand_in_archive, monkeypatch, capsys):
+    monkeypatch.setenv("SLKD_MDISTILLER_PATH", str(checkout))
+    assert fetch.main(["teachers", "--archive", str(stand_in_archive), "--no-arch-check"]) == 0
+    assert f"mdistiller checkout: {checkout}" in capsys.readouterr().out
+    assert all(path.is_file() for path in (checkout / "download_ckpts").rglob("*.pth"))
+
+
+@pytest.mark.parametrize("variable", [None, "SLKD_MDISTILLER_PATH", "SLKD_MDISTILLER_ROOT"])
+def test_find_root_rejects_folder_without_mdistiller(tmp_path, monkeypatch, variable):
+    if variable:
+        monkeypatch.setenv(variable, str(tmp_path))
     with pytest.raises(FetchError) as error:
-        fetch.find_mdistiller_root(None if via_env else tmp_path)
+        fetch.find_mdistiller_root(tmp_path if variable is None else None)
     message = str(error.value)
-    assert str(tmp_path) in message and "git clone" in message and "pip install -e" in message
+    source = f"${variable}" if variable else "--mdistiller-root"
+    assert message.splitlines()[0].startswith(f"{tmp_path} (from {source}) is not an mdistiller checkout")
+    assert "git clone" in message and "pip install -e" in message
     assert "slkd-fetch all --mdistiller-root" in message
 
 
@@ -201,8 +281,8 @@ def test_teacher_paths_follow_mdistiller_layout(tmp_path):
 
 def test_teacher_paths_match_cifar_model_dict(cifar_model_dict):
     root = fetch.find_mdistiller_root()
-    if os.environ.get("SLKD_MDISTILLER_PATH"):
-        assert root == Path(os.environ["SLKD_MDISTILLER_PATH"]).resolve()
+    if HOST:
+        assert root == Path(HOST).resolve()
     for name in TEACHERS:
         expected = os.path.realpath(cifar_model_dict[name][1])
         assert str(fetch.teacher_checkpoint_path(root, name)) == expected
@@ -211,21 +291,21 @@ def test_teacher_paths_match_cifar_model_dict(cifar_model_dict):
 # --------------------------------------------------------------------------- fetching teachers
 
 
-def test_fetch_real_architectures_from_archive(cifar_model_dict, real_archive, tmp_path):
-    paths = fetch.fetch_cifar_teachers(tmp_path, archive=real_archive)
-    assert paths == [tmp_path / LAYOUT.format(name) for name in TEACHERS]
+def test_fetch_real_architectures_from_archive(cifar_model_dict, real_archive, host_checkout):
+    paths = fetch.fetch_cifar_teachers(host_checkout, archive=real_archive)
+    assert paths == [host_checkout / LAYOUT.format(name) for name in TEACHERS]
     for name, path in zip(TEACHERS, paths, strict=True):
         state = torch.load(path, map_location="cpu", weights_only=True)["model"]
         cifar_model_dict[name][0](num_classes=100).load_state_dict(state, strict=True)
-    assert listing(tmp_path / "download_ckpts") == expected_tree()
+    assert listing(host_checkout / "download_ckpts") == expected_tree()
 
 
-def test_fetch_real_architectures_from_file_url(cifar_model_dict, real_archive, tmp_path):
-    paths = fetch.fetch_cifar_teachers(tmp_path, real_archive.as_uri())
+def test_fetch_real_architectures_from_file_url(real_archive, host_checkout):
+    paths = fetch.fetch_cifar_teachers(host_checkout, real_archive.as_uri())
     assert all(path.is_file() for path in paths)
-    downloaded = tmp_path / "download_ckpts" / "cifar_teachers.tar"
+    downloaded = host_checkout / "download_ckpts" / "cifar_teachers.tar"
     assert downloaded.read_bytes() == real_archive.read_bytes()
-    assert sorted(p.name for p in (tmp_path / "download_ckpts").iterdir()) == [
+    assert sorted(p.name for p in (host_checkout / "download_ckpts").iterdir()) == [
         "cifar_teachers",
         "cifar_teachers.tar",
     ]
@@ -236,8 +316,7 @@ def test_cli_puts_checkpoints_where_cifar_model_dict_reads(cifar_model_dict, rea
     package_dir = Path(importlib.import_module("mdistiller").__file__).parent
     checkout = tmp_path / "checkout"
     shutil.copytree(package_dir, checkout / "mdistiller", ignore=shutil.ignore_patterns("__pycache__"))
-    env = {**os.environ, "PYTHONPATH": str(SLKD_PARENT), "PYTHONDONTWRITEBYTECODE": "1"}
-    env.pop(fetch.ROOT_ENV_VAR, None)
+    env = {**env_without_roots(), "PYTHONPATH": str(SLKD_PARENT), "PYTHONDONTWRITEBYTECODE": "1"}
     script = (
         "import os, sys; from slkd.run.fetch import main\n"
         f"assert main(['teachers', '--archive', {str(real_archive)!r}]) == 0\n"
@@ -258,9 +337,11 @@ def test_cli_puts_checkpoints_where_cifar_model_dict_reads(cifar_model_dict, rea
     assert run.stdout.splitlines()[-1] == "found 6"
 
 
-def test_wrong_architecture_names_the_file(cifar_model_dict, tmp_path):
+def test_wrong_architecture_names_the_file(cifar_model_dict, host_checkout):
+    root = host_checkout
+
     def save(name, arch, num_classes=100):
-        path = fetch.teacher_checkpoint_path(tmp_path, name)
+        path = fetch.teacher_checkpoint_path(root, name)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(checkpoint_bytes(cifar_model_dict[arch][0](num_classes=num_classes).state_dict()))
         return path
@@ -270,29 +351,73 @@ def test_wrong_architecture_names_the_file(cifar_model_dict, tmp_path):
     save("vgg13", "vgg13")
     names = ["resnet56", "wrn_40_2", "vgg13"]
     with pytest.raises(FetchError) as error:
-        fetch.verify_cifar_teachers(tmp_path, names)
+        fetch.verify_cifar_teachers(root, names)
     message = str(error.value)
-    assert message.startswith("2 of 3")
+    assert message.splitlines()[0] == (
+        f"2 of 3 CIFAR-100 teacher checkpoints are missing or broken; "
+        f"fix: slkd-fetch teachers --mdistiller-root {root}"
+    )
     assert f"{resnet56}: does not fit architecture resnet56" in message
     assert f"{wrn}: does not fit architecture wrn_40_2" in message
-    assert f"slkd-fetch teachers --mdistiller-root {tmp_path}" in message
     assert "vgg13" not in message
-    assert fetch.verify_cifar_teachers(tmp_path, names, check_architecture=False)[0] == resnet56
-    fetch.verify_cifar_teachers(tmp_path, ["vgg13"])
+    assert fetch.verify_cifar_teachers(root, names, check_architecture=False)[0] == resnet56
+    fetch.verify_cifar_teachers(root, ["vgg13"])
 
 
-def test_stand_ins_fail_the_architecture_check(cifar_model_dict, stand_in_archive, tmp_path):
+def test_stand_ins_fail_the_architecture_check(stand_in_archive, host_checkout):
     with pytest.raises(FetchError) as error:
-        fetch.fetch_cifar_teachers(tmp_path, archive=stand_in_archive)
+        fetch.fetch_cifar_teachers(host_checkout, archive=stand_in_archive)
     assert str(error.value).startswith(f"{stand_in_archive} did not provide valid teacher checkpoints")
     for name in TEACHERS:
-        assert f"{tmp_path / LAYOUT.format(name)}: does not fit architecture" in str(error.value)
+        assert f"{host_checkout / LAYOUT.format(name)}: does not fit architecture" in str(error.value)
 
 
-def test_architecture_check_skipped_without_mdistiller(no_mdistiller, stand_in_archive, tmp_path, caplog):
-    paths = fetch.fetch_cifar_teachers(tmp_path, archive=stand_in_archive)
-    assert [p.is_file() for p in paths] == [True] * 6
-    assert "not checked against their architectures" in caplog.text
+def test_architectures_come_from_the_given_root(forget_mdistiller, tmp_path, stand_in_archive, capsys):
+    """Stand-in teachers fit the fake architectures of one root and not those of another."""
+    fits = write_fake_mdistiller(tmp_path / "fits", in_features=8)
+    misfits = write_fake_mdistiller(tmp_path / "misfits", in_features=16)
+    archive = ["--archive", str(stand_in_archive)]
+    assert fetch.main(["teachers", "--mdistiller-root", str(fits), *archive]) == 0
+    assert "Verified 6 teacher checkpoints" in capsys.readouterr().out
+    for name in mdistiller_modules():  # the next root is checked in a fresh process, as from the shell
+        del sys.modules[name]
+    assert fetch.main(["teachers", "--mdistiller-root", str(misfits), *archive]) == 1
+    err = capsys.readouterr().err
+    assert f"{misfits / LAYOUT.format('vgg13')}: does not fit architecture stand_in" in err
+
+
+def test_root_without_architectures_fails_unless_opted_out(
+    forget_mdistiller, checkout, stand_in_archive, capsys
+):
+    (checkout / "mdistiller" / "__init__.py").write_text("")  # a package without models/
+    argv = ["teachers", "--mdistiller-root", str(checkout), "--archive", str(stand_in_archive)]
+    assert fetch.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"slkd-fetch: error: Cannot import the teacher architectures from {checkout}/mdistiller "
+    )
+    assert f"skip the check with: slkd-fetch teachers --mdistiller-root {checkout} --no-arch-check" in err
+    assert "Traceback" not in err
+    assert not (checkout / "download_ckpts").exists()
+    assert fetch.main(argv + ["--no-arch-check"]) == 0
+    assert "Verified 6 teacher checkpoints" in capsys.readouterr().out
+
+
+def test_architectures_from_another_mdistiller_are_refused(
+    forget_mdistiller, checkout, stand_in_archive, tmp_path, monkeypatch, capsys
+):
+    """The root's mdistiller/ has no __init__.py, so a fitting mdistiller later on sys.path would win."""
+    other = write_fake_mdistiller(tmp_path / "other")
+    monkeypatch.syspath_prepend(str(other))
+    argv = ["teachers", "--mdistiller-root", str(checkout), "--archive", str(stand_in_archive)]
+    assert fetch.main(argv) == 1
+    err = capsys.readouterr().err
+    found = other / "mdistiller" / "models" / "cifar" / "__init__.py"
+    assert err.startswith(
+        f"slkd-fetch: error: The teacher architectures came from {found}, not from {checkout}/mdistiller"
+    )
+    assert f"--mdistiller-root {checkout} --no-arch-check" in err
+    assert sys.path[0] == str(other)
 
 
 @pytest.mark.parametrize(
@@ -410,7 +535,9 @@ class ShortResponse(io.BytesIO):
 def test_interrupted_download_leaves_no_file(tmp_path, monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: ShortResponse(b"x" * 1000))
     with pytest.raises(FetchError, match="stopped after 1000 of 1000000 bytes") as error:
-        fetch.fetch_cifar_teachers(tmp_path, "https://example.invalid/cifar_teachers.tar")
+        fetch.fetch_cifar_teachers(
+            tmp_path, "https://example.invalid/cifar_teachers.tar", check_architecture=False
+        )
     assert "https://example.invalid/cifar_teachers.tar" in str(error.value)
     assert listing(tmp_path / "download_ckpts") == []
 
@@ -418,11 +545,80 @@ def test_interrupted_download_leaves_no_file(tmp_path, monkeypatch):
 def test_unreachable_url_suggests_archive(tmp_path):
     url = (tmp_path / "nowhere.tar").as_uri()
     with pytest.raises(FetchError) as error:
-        fetch.fetch_cifar_teachers(tmp_path, url)
+        fetch.fetch_cifar_teachers(tmp_path, url, check_architecture=False)
     message = str(error.value)
     assert url in message
     assert f"slkd-fetch teachers --mdistiller-root {tmp_path} --archive FILE" in message
     assert listing(tmp_path / "download_ckpts") == []
+
+
+CUT_SHORT = {
+    # Announces 5000 bytes and sends 2000 of them, then closes: http.client.IncompleteRead.
+    "chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n1388\r\n"
+    + b"x" * 2000,
+    "content-length": b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\nConnection: close\r\n\r\n" + b"x" * 2000,
+}
+
+
+@pytest.fixture(params=sorted(CUT_SHORT))
+def cut_short_url(request):
+    """URL of a local HTTP server whose every response stops before its announced end."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+
+        def serve():
+            while True:
+                try:
+                    connection, _ = server.accept()
+                except OSError:  # the listening socket was shut down
+                    return
+                with connection:
+                    connection.recv(65536)
+                    connection.sendall(CUT_SHORT[request.param])
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        yield f"http://127.0.0.1:{server.getsockname()[1]}/archive"
+        server.shutdown(socket.SHUT_RDWR)
+        thread.join()
+
+
+def test_cut_short_teacher_download_is_an_error(tmp_path, cut_short_url):
+    with pytest.raises(FetchError) as error:
+        fetch.fetch_cifar_teachers(tmp_path, cut_short_url, check_architecture=False)
+    assert str(error.value).startswith(f"Could not download {cut_short_url} ")
+    assert f"retry with: slkd-fetch teachers --mdistiller-root {tmp_path}" in str(error.value)
+    assert listing(tmp_path / "download_ckpts") == []
+
+
+def test_cut_short_cifar100_download_is_an_error(tmp_path, monkeypatch, cut_short_url):
+    monkeypatch.setattr(datasets.CIFAR100, "url", cut_short_url)
+    with pytest.raises(FetchError) as error:
+        fetch.fetch_cifar100(tmp_path)
+    assert str(error.value).startswith(f"Could not download CIFAR-100 into {tmp_path / 'data'} ")
+    assert f"retry with: slkd-fetch cifar100 --mdistiller-root {tmp_path}" in str(error.value)
+
+
+@pytest.mark.parametrize("what, folder", [("teachers", "download_ckpts"), ("cifar100", "data")])
+def test_file_in_place_of_a_folder_is_an_error(checkout, capsys, what, folder):
+    (checkout / folder).write_text("")
+    extra = ["--archive", "unused.tar", "--no-arch-check"] if what == "teachers" else []
+    assert fetch.main([what, "--mdistiller-root", str(checkout), *extra]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"slkd-fetch: error: Cannot create the folder {checkout / folder} (FileExistsError")
+    assert f"move it away, then run: slkd-fetch {what} --mdistiller-root {checkout}" in err
+
+
+@pytest.mark.parametrize("what", ["teachers", "cifar100"])
+def test_unwritable_checkout_is_an_error(checkout, monkeypatch, capsys, what):
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    extra = ["--archive", "unused.tar", "--no-arch-check"] if what == "teachers" else []
+    assert fetch.main([what, "--mdistiller-root", str(checkout), *extra]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"slkd-fetch: error: Cannot create the folder {checkout}/")
+    assert "(PermissionError" in err and "make the checkout writable" in err
 
 
 # --------------------------------------------------------------------------- command line
@@ -436,6 +632,7 @@ def checkout(tmp_path):
 
 def test_cli_fetches_then_skips(no_mdistiller, checkout, stand_in_archive, capsys):
     argv = ["teachers", "--mdistiller-root", str(checkout), "--archive", str(stand_in_archive)]
+    argv.append("--no-arch-check")
     assert fetch.main(argv) == 0
     out = capsys.readouterr().out
     assert f"Extracted 6 files from {stand_in_archive}" in out and "Verified 6 teacher checkpoints" in out
@@ -447,23 +644,24 @@ def test_cli_fetches_then_skips(no_mdistiller, checkout, stand_in_archive, capsy
 
 def test_cli_error_exits_1_without_traceback(checkout, tmp_path, capsys):
     missing = tmp_path / "missing.tar"
-    assert fetch.main(["teachers", "--mdistiller-root", str(checkout), "--archive", str(missing)]) == 1
+    argv = ["teachers", "--mdistiller-root", str(checkout), "--archive", str(missing), "--no-arch-check"]
+    assert fetch.main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("slkd-fetch: error: Could not extract") and str(missing) in err
     assert f"slkd-fetch teachers --mdistiller-root {checkout}" in err
     assert "Traceback" not in err
 
 
-def test_cli_rejects_teacher_options_for_cifar100(capsys):
+@pytest.mark.parametrize("option", ["--force", "--no-arch-check"])
+def test_cli_rejects_teacher_options_for_cifar100(capsys, option):
     with pytest.raises(SystemExit) as exit_info:
-        fetch.main(["cifar100", "--force"])
+        fetch.main(["cifar100", option])
     assert exit_info.value.code == 2
     assert "apply to the teachers only" in capsys.readouterr().err
 
 
 def test_python_m_error_exits_1_without_traceback(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(SLKD_PARENT)}
-    env.pop(fetch.ROOT_ENV_VAR, None)
+    env = {**env_without_roots(), "PYTHONPATH": str(SLKD_PARENT)}
     run = subprocess.run(
         [sys.executable, "-m", "slkd.run.fetch", "all", "--mdistiller-root", str(tmp_path / "nope")],
         cwd=tmp_path,
@@ -584,25 +782,23 @@ def test_verify_cifar100_label_out_of_range(tmp_path, monkeypatch, small_cifar, 
     assert "test:" not in str(error.value)
 
 
-def test_verify_cifar100_corrupted_file(tmp_path, monkeypatch, small_cifar):
+@pytest.mark.parametrize("name", ["train", "test", "meta"])
+def test_verify_cifar100_reports_a_corrupt_file(tmp_path, monkeypatch, small_cifar, name):
     folder = write_fake_cifar100(tmp_path / "data", SIZES)
     trust_files(monkeypatch, folder)
-    (folder / "test").write_bytes((folder / "test").read_bytes()[:-10])
-    with pytest.raises(FetchError, match="test: cannot be loaded") as error:
+    trusted = md5(folder / name)
+    (folder / name).write_bytes((folder / name).read_bytes()[:-10])
+    with pytest.raises(FetchError) as error:
         fetch.verify_cifar100(tmp_path)
-    assert str(folder) in str(error.value)
+    lines = str(error.value).splitlines()
+    fix = f"slkd-fetch cifar100 --mdistiller-root {tmp_path}"
+    assert lines[0] == f"CIFAR-100 at {folder} is missing or broken; fix: {fix}"
+    assert lines[1:] == [f"  {name}: corrupt (md5 {md5(folder / name)}, expected {trusted})"]
 
 
-def test_verify_cifar100_with_integrity_check_bypassed(tmp_path, monkeypatch, small_cifar):
-    """Structural checks hold even when torchvision's md5 check is patched away."""
-    import torchvision.datasets.cifar
-
-    monkeypatch.setattr(
-        torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path)
-    )
-    write_fake_cifar100(tmp_path / "data", SIZES)
-    fetch.verify_cifar100(tmp_path)
-    write_fake_cifar100(tmp_path / "data", {"train": 12, "test": 4})
+def test_verify_cifar100_checks_structure_of_trusted_files(tmp_path, monkeypatch, small_cifar):
+    """Files whose md5s are trusted must still hold the expected number of images."""
+    trust_files(monkeypatch, write_fake_cifar100(tmp_path / "data", {"train": 12, "test": 4}))
     with pytest.raises(FetchError, match="test: has 4 images"):
         fetch.verify_cifar100(tmp_path)
 
@@ -636,3 +832,32 @@ def test_fetch_cifar100_download_failure(tmp_path, monkeypatch, small_cifar, htt
     message = str(error.value)
     assert str(tmp_path / "data") in message
     assert f"slkd-fetch cifar100 --mdistiller-root {tmp_path}" in message
+
+
+def test_fetch_cifar100_repairs_a_corrupt_meta(tmp_path, monkeypatch, small_cifar, http_server, capsys):
+    """torchvision's own download() checks only train and test, so a broken meta used to stay broken."""
+    serve_release(http_server, monkeypatch)
+    root = tmp_path / "checkout"
+    (root / "mdistiller").mkdir(parents=True)
+    folder = fetch.fetch_cifar100(root)
+    good = (folder / "meta").read_bytes()
+    (folder / "meta").write_bytes(good[:-20])
+    (root / "data" / "cifar-100-python.tar.gz").unlink()  # the archive is fetched again
+    assert fetch.main(["cifar100", "--mdistiller-root", str(root)]) == 0
+    assert (folder / "meta").read_bytes() == good
+    out = capsys.readouterr().out
+    assert f"Removing {folder / 'meta'}: corrupt (md5 " in out and "CIFAR-100 verified at" in out
+    assert fetch.main(["cifar100", "--mdistiller-root", str(root)]) == 0
+    assert "match their md5s; nothing downloaded" in capsys.readouterr().out
+
+
+def test_fetch_cifar100_removes_a_corrupt_file_before_fetching(
+    tmp_path, monkeypatch, small_cifar, http_server
+):
+    folder = write_fake_cifar100(tmp_path / "data", SIZES)
+    trust_files(monkeypatch, folder)
+    (folder / "meta").write_bytes(b"garbage")
+    monkeypatch.setattr(datasets.CIFAR100, "url", f"{http_server[1]}/nowhere.tar.gz")
+    with pytest.raises(FetchError, match="Could not download CIFAR-100"):
+        fetch.fetch_cifar100(tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == ["test", "train"]

@@ -13,15 +13,21 @@ partial download is reported before a training run, naming the file and the
 command that repairs it.  Command line::
 
     slkd-fetch {teachers,cifar100,all} [--mdistiller-root PATH]
-               [--archive FILE] [--url URL] [--force]
+               [--archive FILE] [--url URL] [--force] [--no-arch-check]
 
-(also ``python -m slkd.run.fetch``).
+(also ``python -m slkd.run.fetch``).  The checkout root is ``--mdistiller-root``,
+else ``$SLKD_MDISTILLER_PATH`` (the variable slkd-train reads), else
+``$SLKD_MDISTILLER_ROOT`` (an older name, ignored with a warning when
+``SLKD_MDISTILLER_PATH`` is set too), else the folder above the importable
+``mdistiller`` package.  The teachers are checked against the architectures of
+the mdistiller package inside that root, unless ``--no-arch-check``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import importlib
 import importlib.util
 import logging
@@ -38,13 +44,14 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 from torchvision import datasets
+from torchvision.datasets.utils import calculate_md5, download_and_extract_archive
 
 __all__ = [
     "CIFAR100_SPLIT_SIZES",
     "CIFAR_TEACHERS",
     "DEFAULT_URL",
     "FetchError",
-    "ROOT_ENV_VAR",
+    "ROOT_ENV_VARS",
     "cifar100_folder",
     "fetch_cifar100",
     "fetch_cifar_teachers",
@@ -60,8 +67,8 @@ _LOG = logging.getLogger(__name__)
 DEFAULT_URL = "https://github.com/megvii-research/mdistiller/releases/download/v1.0/cifar_teachers.tar"
 """Release archive holding ``cifar_teachers/<name>_vanilla/ckpt_epoch_240.pth``."""
 
-ROOT_ENV_VAR = "SLKD_MDISTILLER_ROOT"
-"""Environment variable naming the mdistiller checkout root."""
+ROOT_ENV_VARS = ("SLKD_MDISTILLER_PATH", "SLKD_MDISTILLER_ROOT")
+"""Environment variables naming the mdistiller checkout root, the first set one winning."""
 
 CLONE_HINT = "git clone https://github.com/megvii-research/mdistiller && pip install -e ./mdistiller"
 
@@ -99,27 +106,46 @@ def _command(*args: object) -> str:
 def find_mdistiller_root(explicit: str | os.PathLike | None = None) -> Path:
     """Return the root of the mdistiller checkout.
 
-    Looked up in order: ``explicit``, the environment variable
-    ``SLKD_MDISTILLER_ROOT``, then the folder above the importable
-    ``mdistiller`` package (found without importing it).  An explicit or
-    environment root must contain an ``mdistiller`` folder.
+    Looked up in order: ``explicit``, the environment variables
+    ``SLKD_MDISTILLER_PATH`` then ``SLKD_MDISTILLER_ROOT`` (:data:`ROOT_ENV_VARS`),
+    then the folder above the importable ``mdistiller`` package (found without
+    importing it).  An explicit or environment root must contain an
+    ``mdistiller`` folder.
     """
     if explicit is not None:
         return _checked_root(Path(explicit), "--mdistiller-root")
-    if os.environ.get(ROOT_ENV_VAR):
-        return _checked_root(Path(os.environ[ROOT_ENV_VAR]), f"${ROOT_ENV_VAR}")
+    env_root = _env_root()
+    if env_root is not None:
+        name, value = env_root
+        return _checked_root(Path(value), f"${name}")
     spec = importlib.util.find_spec("mdistiller")
     if spec is None or not spec.submodule_search_locations:
         raise FetchError(
-            "mdistiller is not importable and no checkout root was given. mdistiller is not "
-            f"on PyPI; clone and install it with:\n  {CLONE_HINT}\n"
-            "then run slkd-fetch again, or point it at an existing checkout with:\n  "
+            "mdistiller is not importable and no checkout root was given: install mdistiller, "
+            "or pass --mdistiller-root PATH.\n"
+            f"  mdistiller is not on PyPI; clone and install it with: {CLONE_HINT}\n"
+            "  or use an existing checkout: "
             + _command("all", "--mdistiller-root", "/path/to/mdistiller")
-            + f"\n(or set {ROOT_ENV_VAR}=/path/to/mdistiller)."
+            + f" (or set {ROOT_ENV_VARS[0]}=/path/to/mdistiller)"
         )
     # Resolved: mdistiller's paths climb out of the package with "..", which the
     # operating system applies after following symlinks.
     return Path(next(iter(spec.submodule_search_locations))).resolve().parent
+
+
+def _env_root() -> tuple[str, str] | None:
+    """(name, value) of the first set variable of :data:`ROOT_ENV_VARS`, or None.
+
+    A later variable naming another folder is ignored with a warning.
+    """
+    found = [(name, os.environ[name]) for name in ROOT_ENV_VARS if os.environ.get(name)]
+    if not found:
+        return None
+    (name, value), *ignored = found
+    for other, other_value in ignored:
+        if Path(other_value).resolve() != Path(value).resolve():
+            _LOG.warning("Ignoring $%s=%s: $%s=%s wins.", other, other_value, name, value)
+    return name, value
 
 
 def _checked_root(root: Path, source: str) -> Path:
@@ -127,10 +153,10 @@ def _checked_root(root: Path, source: str) -> Path:
     root = root.resolve()
     if not (root / "mdistiller").is_dir():
         raise FetchError(
-            f"{root} (from {source}) is not an mdistiller checkout: it has no mdistiller/ "
-            f"folder. Clone and install mdistiller with:\n  {CLONE_HINT}\n"
-            "and pass the folder that contains mdistiller/, e.g.:\n  "
-            + _command("all", "--mdistiller-root", "/path/to/mdistiller")
+            f"{root} (from {source}) is not an mdistiller checkout (it has no mdistiller/ folder): "
+            "pass the folder that contains mdistiller/.\n"
+            "  e.g.: " + _command("all", "--mdistiller-root", "/path/to/mdistiller") + "\n"
+            f"  or clone and install mdistiller first: {CLONE_HINT}"
         )
     return root
 
@@ -159,15 +185,19 @@ def fetch_cifar_teachers(
     unless ``force``.  Otherwise the tar archive is taken from ``archive`` (a
     local file) or downloaded from ``url`` to
     ``<root>/download_ckpts/cifar_teachers.tar``, extracted safely, and the
-    checkpoints are verified with :func:`verify_cifar_teachers`.
+    checkpoints are verified as by :func:`verify_cifar_teachers`, against the
+    architectures of ``<root>/mdistiller`` when ``check_architecture``.
 
     Returns the checkpoint paths; raises :class:`FetchError` naming every
     missing or broken checkpoint.
     """
     root = Path(os.path.abspath(root))
+    builders = _teacher_builders(root) if check_architecture else {}
+    if not check_architecture:
+        _LOG.warning("Teacher checkpoints are not checked against mdistiller's architectures.")
     if not force:
         with contextlib.suppress(FetchError):
-            paths = verify_cifar_teachers(root, check_architecture=check_architecture)
+            paths = _verified_teachers(root, CIFAR_TEACHERS, builders)
             _LOG.info(
                 "All %d teacher checkpoints are already present and valid under %s; "
                 "nothing fetched (use --force to fetch again).",
@@ -176,14 +206,13 @@ def fetch_cifar_teachers(
             )
             return paths
     fix = _command("teachers", "--mdistiller-root", root)
-    ckpt_dir = root / CKPT_DIR
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = _make_folder(root / CKPT_DIR, fix)
     if archive is None:
         archive = _download(url, ckpt_dir / TEACHERS_ARCHIVE_NAME, fix)
     extracted = _extract_tar_safely(Path(archive), ckpt_dir, fix)
     _LOG.info("Extracted %d files from %s into %s", len(extracted), archive, ckpt_dir)
     try:
-        paths = verify_cifar_teachers(root, check_architecture=check_architecture)
+        paths = _verified_teachers(root, CIFAR_TEACHERS, builders)
     except FetchError as exc:
         raise FetchError(f"{archive} did not provide valid teacher checkpoints. {exc}") from None
     _LOG.info("Verified %d teacher checkpoints under %s", len(paths), ckpt_dir)
@@ -200,12 +229,25 @@ def verify_cifar_teachers(
     Each checkpoint must exist, load with ``torch.load(map_location="cpu",
     weights_only=True)`` (as mdistiller's ``load_checkpoint`` does on
     torch >= 2.6), hold a ``"model"`` state_dict of tensors and, when
-    ``check_architecture`` and mdistiller is importable, load with
-    ``strict=True`` into its ``cifar_model_dict`` architecture built with
-    ``num_classes=100``.  Raises :class:`FetchError` listing every failure.
+    ``check_architecture``, load with ``strict=True`` into the
+    ``cifar_model_dict`` architecture of the mdistiller package in
+    ``<root>/mdistiller``, built with ``num_classes=100``.  Raises
+    :class:`FetchError` listing every failure, or saying why the
+    architectures cannot be imported from ``root``.
     """
-    names = list(CIFAR_TEACHERS if names is None else names)
-    builders = _teacher_builders() if check_architecture else {}
+    root = Path(os.path.abspath(root))
+    builders = _teacher_builders(root) if check_architecture else {}
+    return _verified_teachers(root, CIFAR_TEACHERS if names is None else names, builders)
+
+
+def _verified_teachers(
+    root: Path, names: Iterable[str], builders: Mapping[str, Callable[..., torch.nn.Module]]
+) -> list[Path]:
+    """Paths of checkpoints ``names`` under ``root``; FetchError listing every broken one.
+
+    A checkpoint is checked against ``builders[name]`` when present.
+    """
+    names = list(names)
     paths, problems = [], []
     for name in names:
         path = teacher_checkpoint_path(root, name)
@@ -215,25 +257,69 @@ def verify_cifar_teachers(
         paths.append(path)
     if problems:
         raise FetchError(
-            f"{len(problems)} of {len(names)} CIFAR-100 teacher checkpoints are missing or "
-            "broken:\n"
+            f"{len(problems)} of {len(names)} CIFAR-100 teacher checkpoints are missing or broken; "
+            "fix: "
+            + _command("teachers", "--mdistiller-root", root)
+            + "\n"
             + "\n".join(problems)
-            + "\nFix with:\n  "
-            + _command("teachers", "--mdistiller-root", Path(os.path.abspath(root)))
         )
     return paths
 
 
-def _teacher_builders() -> dict[str, Callable[..., torch.nn.Module]]:
-    """Teacher name -> model constructor from mdistiller, or {} when mdistiller is not importable."""
+def _teacher_builders(root: Path) -> dict[str, Callable[..., torch.nn.Module]]:
+    """Teacher name -> model constructor from the mdistiller package in ``<root>/mdistiller``.
+
+    ``root`` comes first on ``sys.path`` for the import, and the module found
+    must lie in ``<root>/mdistiller``: the checkpoints of a checkout are checked
+    against that checkout's architectures, never another mdistiller's.
+    """
+    package = (root / "mdistiller").resolve()
+    skip = _command("teachers", "--mdistiller-root", root, "--no-arch-check")
     try:
-        cifar = importlib.import_module("mdistiller.models.cifar")
-    except ModuleNotFoundError as exc:
-        if (exc.name or "").split(".")[0] != "mdistiller":
-            raise
-        _LOG.warning("mdistiller is not importable: checkpoints not checked against their architectures.")
-        return {}
-    return {name: cifar.cifar_model_dict[name][0] for name in CIFAR_TEACHERS}
+        with _first_on_sys_path(root):
+            cifar = importlib.import_module("mdistiller.models.cifar")
+        builders = {name: cifar.cifar_model_dict[name][0] for name in CIFAR_TEACHERS}
+    except Exception as exc:  # importing a checkout's code can fail in any way
+        raise FetchError(
+            f"Cannot import the teacher architectures from {package} ({_summary(exc)}): "
+            f"install a complete mdistiller checkout there, or skip the check with: {skip}\n"
+            f"  clone and install mdistiller with: {CLONE_HINT}"
+        ) from None
+    found = Path(cifar.__file__).resolve()
+    if not found.is_relative_to(package):
+        raise FetchError(
+            f"The teacher architectures came from {found}, not from {package}: make {package} "
+            f"a complete mdistiller package, or skip the check with: {skip}\n"
+            f"  (another mdistiller was imported first, or {package} has no __init__.py)"
+        )
+    return builders
+
+
+@contextlib.contextmanager
+def _first_on_sys_path(folder: Path):
+    """Put ``folder`` first on ``sys.path`` for the duration of the block."""
+    sys.path.insert(0, str(folder))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(folder))
+
+
+def _make_folder(folder: Path, fix: str) -> Path:
+    """Create ``folder`` (and its parents) if needed; return it, or raise FetchError naming it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise FetchError(
+            f"Cannot create the folder {folder} ({_summary(exc)}): a file stands where a folder "
+            f"is needed; move it away, then run: {fix}"
+        ) from None
+    except OSError as exc:
+        raise FetchError(
+            f"Cannot create the folder {folder} ({_summary(exc)}): make the checkout writable "
+            f"(or use a writable copy of it), then run: {fix}"
+        ) from None
+    return folder
 
 
 def _checkpoint_problem(path: Path, build: Callable[..., torch.nn.Module] | None) -> str | None:
@@ -276,10 +362,11 @@ def _download(url: str, target: Path, fix: str) -> Path:
         if expected is not None and size != int(expected):
             raise OSError(f"the download stopped after {size} of {expected} bytes")
         os.replace(partial, target)
-    except (OSError, ValueError) as exc:  # URLError is an OSError; ValueError: malformed URL
+    # URLError is an OSError; ValueError: malformed URL; HTTPException: e.g. a cut-short chunked body
+    except (OSError, ValueError, http.client.HTTPException) as exc:
         raise FetchError(
-            f"Could not download {url} to {target} ({_summary(exc)}). Retry with:\n  {fix}\n"
-            f"or download the archive by other means and run:\n  {fix} --archive FILE"
+            f"Could not download {url} to {target} ({_summary(exc)}); retry with: {fix}\n"
+            f"  or download the archive by other means and run: {fix} --archive FILE"
         ) from None
     finally:
         Path(partial).unlink(missing_ok=True)
@@ -307,7 +394,7 @@ def _extract_tar_safely(archive: Path, dest: Path, fix: str) -> list[Path]:
     except (OSError, tarfile.TarError) as exc:
         raise FetchError(
             f"Could not extract {archive} ({_summary(exc)}): it is missing or not a complete tar "
-            f"archive. Fetch the official archive with:\n  {fix}"
+            f"archive; fetch the official archive with: {fix}"
         ) from None
 
 
@@ -322,8 +409,9 @@ def _refuse_unsafe_members(archive: Path, members: list[tarfile.TarInfo], fix: s
     ]
     if unsafe:
         raise FetchError(
-            f"Refusing to extract {archive}: unsafe members (absolute paths, '..', links or "
-            f"special files): {', '.join(unsafe)}. Fetch the official archive with:\n  {fix}"
+            f"Refusing to extract {archive}: it has unsafe members (absolute paths, '..', links or "
+            f"special files); fetch the official archive with: {fix}\n"
+            f"  unsafe members: {', '.join(unsafe)}"
         )
 
 
@@ -354,19 +442,21 @@ def cifar100_folder(root: str | os.PathLike) -> Path:
 def fetch_cifar100(root: str | os.PathLike) -> Path:
     """Download CIFAR-100 with torchvision into ``<root>/data`` and verify it.
 
-    torchvision checks the md5 of every file and skips the download when they
-    are already correct.  Returns the ``cifar-100-python`` folder.
+    Nothing is downloaded when the files ``train``, ``test`` and ``meta`` all
+    have torchvision's md5s.  Otherwise the corrupt ones are removed and the
+    release archive is downloaded (torchvision reuses an intact
+    ``<root>/data/cifar-100-python.tar.gz``) and extracted.  Returns the
+    ``cifar-100-python`` folder.
     """
-    data_dir = Path(root) / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        datasets.CIFAR100(str(data_dir), train=False, download=True)
-    except (OSError, RuntimeError) as exc:  # URLError is an OSError; RuntimeError: bad md5
-        raise FetchError(
-            f"Could not download CIFAR-100 into {data_dir} ({_summary(exc)}). Retry with:\n  "
-            + _command("cifar100", "--mdistiller-root", Path(os.path.abspath(root)))
-            + f"\nor extract {datasets.CIFAR100.url} into {data_dir} by other means."
-        ) from None
+    root = Path(os.path.abspath(root))
+    fix = _command("cifar100", "--mdistiller-root", root)
+    data_dir = _make_folder(root / "data", fix)
+    problems = _cifar100_file_problems(cifar100_folder(root))
+    if problems:
+        _remove_corrupt_files(problems, fix)
+        _download_cifar100(data_dir, fix)
+    else:
+        _LOG.info("CIFAR-100 files match their md5s; nothing downloaded.")
     folder = verify_cifar100(root)
     _LOG.info(
         "CIFAR-100 verified at %s: %s",
@@ -376,16 +466,50 @@ def fetch_cifar100(root: str | os.PathLike) -> Path:
     return folder
 
 
+def _remove_corrupt_files(problems: Mapping[Path, str], fix: str) -> None:
+    """Delete the files that ``problems`` reports present but corrupt, so they are fetched again."""
+    for path, problem in problems.items():
+        if not path.is_file():
+            continue
+        _LOG.warning("Removing %s: %s", path, problem)
+        try:
+            path.unlink()
+        except OSError as exc:
+            raise FetchError(
+                f"Cannot remove the corrupt file {path} ({_summary(exc)}): delete it by hand, "
+                f"then run: {fix}"
+            ) from None
+
+
+def _download_cifar100(data_dir: Path, fix: str) -> None:
+    """Download torchvision's CIFAR-100 archive into ``data_dir`` (md5-checked) and extract it."""
+    release = datasets.CIFAR100
+    _LOG.info("Downloading %s into %s", release.url, data_dir)
+    try:
+        download_and_extract_archive(
+            release.url, str(data_dir), filename=release.filename, md5=release.tgz_md5
+        )
+    # URLError is an OSError; RuntimeError: bad md5; HTTPException: e.g. a cut-short chunked body
+    except (OSError, RuntimeError, http.client.HTTPException, tarfile.TarError) as exc:
+        raise FetchError(
+            f"Could not download CIFAR-100 into {data_dir} ({_summary(exc)}); retry with: {fix}\n"
+            f"  or extract {release.url} into {data_dir} by other means."
+        ) from None
+
+
 def verify_cifar100(root: str | os.PathLike) -> Path:
     """Check ``<root>/data/cifar-100-python``; return that folder.
 
-    Both splits must pass torchvision's md5 checks and load, hold the
-    expected number of images (:data:`CIFAR100_SPLIT_SIZES`) and only labels
-    in ``0..99``.  Raises :class:`FetchError` otherwise.
+    The files ``train``, ``test`` and ``meta`` must have the md5s torchvision's
+    ``CIFAR100`` lists; then both splits must load, hold the expected number
+    of images (:data:`CIFAR100_SPLIT_SIZES`) and only labels in ``0..99``.
+    Raises :class:`FetchError` otherwise.
     """
     folder = cifar100_folder(root)
     if folder.is_dir():
-        problems = [
+        files = _cifar100_file_problems(folder)
+        problems = [f"  {path.name}: {problem}" for path, problem in files.items()]
+        problems = problems or [
             f"  {split}: {problem}"
             for split, size in CIFAR100_SPLIT_SIZES.items()
             if (problem := _cifar100_split_problem(folder.parent, split, size))
@@ -394,12 +518,27 @@ def verify_cifar100(root: str | os.PathLike) -> Path:
         problems = ["  the folder is missing"]
     if problems:
         raise FetchError(
-            f"CIFAR-100 at {folder} is missing or broken:\n"
-            + "\n".join(problems)
-            + "\nFix with:\n  "
+            f"CIFAR-100 at {folder} is missing or broken; fix: "
             + _command("cifar100", "--mdistiller-root", Path(os.path.abspath(root)))
+            + "\n"
+            + "\n".join(problems)
         )
     return folder
+
+
+def _cifar100_file_problems(folder: Path) -> dict[Path, str]:
+    """Each file of ``folder`` that is missing or does not have torchvision's md5 -> what is wrong."""
+    release = datasets.CIFAR100
+    expected = dict(release.train_list + release.test_list)
+    expected[release.meta["filename"]] = release.meta["md5"]
+    problems = {}
+    for name, md5 in expected.items():
+        path = folder / name
+        if not path.is_file():
+            problems[path] = "missing"
+        elif (actual := calculate_md5(path)) != md5:
+            problems[path] = f"corrupt (md5 {actual}, expected {md5})"
+    return problems
 
 
 def _cifar100_split_problem(data_dir: Path, split: str, size: int) -> str | None:
@@ -432,12 +571,20 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--mdistiller-root",
         metavar="PATH",
-        help=f"mdistiller checkout root (default: ${ROOT_ENV_VAR}, else the importable mdistiller)",
+        help="mdistiller checkout root (default: $SLKD_MDISTILLER_PATH, else the older "
+        "$SLKD_MDISTILLER_ROOT, which is ignored when both are set; else the checkout of the "
+        "importable mdistiller)",
     )
     parser.add_argument("--archive", metavar="FILE", help="use this local cifar_teachers.tar")
     parser.add_argument("--url", default=DEFAULT_URL, help="teacher archive URL (default: %(default)s)")
     parser.add_argument(
         "--force", action="store_true", help="fetch the teachers again even when they are valid"
+    )
+    parser.add_argument(
+        "--no-arch-check",
+        action="store_true",
+        help="do not load the teachers into the architectures of the checkout's mdistiller "
+        "(they are still checked to load as state_dicts)",
     )
     return parser
 
@@ -461,14 +608,21 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``slkd-fetch``; return 0 on success, 1 (with the message on stderr) on FetchError."""
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.what == "cifar100" and (args.archive or args.force or args.url != DEFAULT_URL):
-        parser.error("--archive, --url and --force apply to the teachers only")
+    teacher_options = args.archive or args.force or args.no_arch_check or args.url != DEFAULT_URL
+    if args.what == "cifar100" and teacher_options:
+        parser.error("--archive, --url, --force and --no-arch-check apply to the teachers only")
     with _log_to_stdout():
         try:
             root = find_mdistiller_root(args.mdistiller_root)
             print(f"mdistiller checkout: {root}")
             if args.what in ("teachers", "all"):
-                fetch_cifar_teachers(root, args.url, archive=args.archive, force=args.force)
+                fetch_cifar_teachers(
+                    root,
+                    args.url,
+                    archive=args.archive,
+                    force=args.force,
+                    check_architecture=not args.no_arch_check,
+                )
             if args.what in ("cifar100", "all"):
                 fetch_cifar100(root)
         except FetchError as exc:
