@@ -128,3 +128,16 @@ def test_seed_everything_gives_each_rank_its_own_streams(epoch):
         seed_everything(3, epoch, rank=rank)
         draws.append(torch.rand(3))
     assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
+
+
+def test_missing_cifar100_names_the_fetch_command_for_this_checkout(tmp_path):
+    from slkd.host.data import DatasetMissing, check_dataset_files
+
+    checkout = tmp_path / "my checkout"
+    (checkout / "data" / "cifar-100-python").mkdir(parents=True)
+    (checkout / "data" / "cifar-100-python" / "train").write_bytes(b"")
+    with pytest.raises(DatasetMissing) as error:
+        check_dataset_files(tiny_cfg("unused"), str(checkout / "data"))
+    message = str(error.value)
+    assert "test, meta not found" in message and "\n" not in message
+    assert message.endswith(f"Fetch it with: slkd-fetch cifar100 --mdistiller-root '{checkout}'")

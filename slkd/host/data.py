@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import shlex
 
 import numpy as np
 import torch
@@ -110,8 +111,8 @@ def check_dataset_files(cfg, data_root: str) -> None:
         missing = [name for name in ("train", "test", "meta") if not os.path.isfile(os.path.join(folder, name))]
         if missing:
             raise DatasetMissing(
-                f"CIFAR-100 is missing: {', '.join(missing)} not found in {folder}. "
-                "Fetch it with: slkd-fetch cifar100 (into the mdistiller checkout's data/ folder)."
+                f"CIFAR-100 is missing: {', '.join(missing)} not found in {folder}. Fetch it with: "
+                f"slkd-fetch cifar100 --mdistiller-root {shlex.quote(os.path.dirname(os.path.abspath(data_root)))}"
             )
     elif cfg.DATASET.TYPE == "imagenet":
         for split in ("train", "val"):
