@@ -1,6 +1,8 @@
 """slkd.host.optim: mdistiller's SGD with momentum buffers made up front, which keeps torch's
 fused SGD right when fp16's gradient scaler skips its first step, and changes no update."""
 
+import copy
+
 import pytest
 import torch
 from yacs.config import CfgNode as CN
@@ -131,6 +133,29 @@ def test_a_loaded_state_gets_the_buffers_it_lacks():
     optim.fill_momentum_buffers(optimizer)
     assert torch.equal(optimizer.state[parameters[0]]["momentum_buffer"], torch.zeros_like(parameters[0]))
     assert torch.equal(optimizer.state[parameters[1]]["momentum_buffer"], torch.ones_like(parameters[1]))
+
+
+def test_a_state_saved_by_an_unfused_sgd_loads_into_a_fused_one_and_steps_alike():
+    """A checkpoint of a CPU run (unfused SGD) resumed on a GPU (fused): the optimizer stays
+    fused, so fp16's gradient scaler can hand it its scale (torch's load_state_dict would turn
+    it unfused, and the step would fail), and its updates equal the unfused optimizer's."""
+    saved_parameters = _parameters()
+    unfused = optim.sgd(saved_parameters, _solver(), fused=False)
+    for parameter, gradient in zip(saved_parameters, _gradients(0, saved_parameters)):
+        parameter.grad = gradient
+    unfused.step()
+    fused_parameters = [torch.nn.Parameter(p.detach().clone()) for p in saved_parameters]
+    fused = optim.sgd(fused_parameters, _solver(), fused=True)
+    optim.load_state(fused, copy.deepcopy(unfused.state_dict()))  # as read from a checkpoint: its own tensors
+    assert fused.param_groups[0]["fused"] is True
+    for optimizer, parameters in ((unfused, saved_parameters), (fused, fused_parameters)):
+        scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+        scaler.scale(torch.ones(()))  # the scale tensor is made here
+        for parameter, gradient in zip(parameters, _gradients(1, parameters)):
+            parameter.grad = gradient * 4.0
+        scaler.step(optimizer)
+    for a, b in zip(saved_parameters, fused_parameters):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
 
 
 def test_other_solvers_are_refused_with_the_fix():

@@ -59,3 +59,23 @@ def fill_momentum_buffers(optimizer: torch.optim.SGD) -> None:
                 state = optimizer.state[parameter]
                 if state.get("momentum_buffer") is None:
                     state["momentum_buffer"] = torch.zeros_like(parameter)
+
+
+#: Param-group entries that say how torch runs the update, not what it computes: they belong
+#: to the machine a run is on, not to its checkpoint.
+IMPLEMENTATION_FLAGS = ("fused", "foreach", "differentiable")
+
+
+def load_state(optimizer: torch.optim.SGD, state: dict) -> None:
+    """``optimizer.load_state_dict(state)``, keeping ``optimizer``'s implementation flags.
+
+    torch's ``load_state_dict`` replaces every param-group entry with the saved one, ``fused``
+    included, so a checkpoint made on a CPU (unfused) and resumed on a GPU would train with the
+    unfused SGD, where fp16's gradient scaler hands the optimizer a scale it cannot take. The
+    momentum buffers a saved state lacks are filled with zeros (:func:`fill_momentum_buffers`).
+    """
+    kept = [{flag: group[flag] for flag in IMPLEMENTATION_FLAGS if flag in group} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, flags in zip(optimizer.param_groups, kept):
+        group.update(flags)
+    fill_momentum_buffers(optimizer)

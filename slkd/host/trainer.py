@@ -392,8 +392,7 @@ class SLKDTrainer:
                     "(EXPERIMENT.TAG or LOG.PREFIX)"
                 )
         _load_plain_state(self.distiller, state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        optim.fill_momentum_buffers(self.optimizer)  # a state saved before a parameter had a gradient lacks its buffer
+        optim.load_state(self.optimizer, state["optimizer"])  # this machine's SGD implementation, the run's state
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.best_acc = state["best_acc"]
