@@ -23,7 +23,7 @@ def _free_port():
         return sock.getsockname()[1]
 
 
-def _worker(rank, world, port, prefix, epochs, batchnorm=False, random_views=False, workers=0):
+def _worker(rank, world, port, prefix, epochs, batchnorm=False, random_views=False, workers=0, connector=False):
     os.environ.update(
         {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
          "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
@@ -33,7 +33,8 @@ def _worker(rank, world, port, prefix, epochs, batchnorm=False, random_views=Fal
 
     context = distributed.init("cpu")
     try:
-        tiny_trainer(_cfg(prefix, epochs, workers), context=context, batchnorm=batchnorm, random_views=random_views).train()
+        trainer = tiny_trainer(_cfg(prefix, epochs, workers), context=context, batchnorm=batchnorm, random_views=random_views, connector=connector)
+        trainer.train()
     finally:
         distributed.shutdown()
 
@@ -44,9 +45,9 @@ def _cfg(prefix, epochs, workers=0):
     return cfg
 
 
-def _run_two_processes(prefix, epochs, batchnorm=False, random_views=False, workers=0):
+def _run_two_processes(prefix, epochs, batchnorm=False, random_views=False, workers=0, connector=False):
     mp.start_processes(
-        _worker, args=(2, _free_port(), str(prefix), epochs, batchnorm, random_views, workers), nprocs=2, start_method="spawn"
+        _worker, args=(2, _free_port(), str(prefix), epochs, batchnorm, random_views, workers, connector), nprocs=2, start_method="spawn"
     )
 
 
@@ -99,3 +100,61 @@ def test_batchnorm_student_trains_under_ddp(tmp_path):
     assert all(line["train_images"] == 24 for line in lines)
     running_mean = _student(tmp_path / "bn")["norm.running_mean"]
     assert running_mean.abs().sum() > 0
+
+
+def _distiller_state(prefix):
+    return load(Path(prefix) / "tiny" / "run" / "latest")["model"]
+
+
+def test_a_module_trained_beside_the_student_trains_as_in_one_process(tmp_path):
+    """FitNet's regressor, CRD's embeddings: outside the student's DDP, their gradients are
+    averaged by the trainer (without it each process trained its own copy)."""
+    tiny_trainer(_cfg(tmp_path / "one", 2), connector=True).train()
+    _run_two_processes(tmp_path / "two", epochs=2, connector=True)
+    one, two = _distiller_state(tmp_path / "one"), _distiller_state(tmp_path / "two")
+    weights = [name for name in one if name.startswith("connector.")]
+    assert len(weights) == 2
+    for name in weights:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6)
+    for x, y in zip(_metrics(tmp_path / "one"), _metrics(tmp_path / "two")):
+        assert x["loss_feat"] == pytest.approx(y["loss_feat"], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "beside, refused",
+    [(lambda: _Memory(), "_Memory.bank"), (lambda: torch.nn.BatchNorm1d(8), None)],
+    ids=["memory-bank", "batchnorm"],
+)
+def test_state_kept_beside_the_student_is_refused_under_torchrun(tmp_path, monkeypatch, beside, refused):
+    """A persistent buffer outside the student and teacher (CRD's memory bank) would be
+    updated by each process on its own batches; BatchNorm statistics are shared from rank 0,
+    and non-persistent buffers (SLDLoss's temperatures) are constants."""
+    import torch.distributed as dist
+
+    import tests.helpers.tiny as tiny
+    from slkd.host.config import ConfigError
+    from slkd.utils.distributed import DistContext
+
+    original = tiny.TinyDistiller.__init__
+
+    def with_module_beside(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.beside = beside()
+
+    monkeypatch.setattr(tiny.TinyDistiller, "__init__", with_module_beside)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    try:
+        if refused:
+            message = rf"SLD keeps state beside the student \({refused}\) that each torchrun process would update on its own batches: train SLD in one process"
+            with pytest.raises(ConfigError, match=message):
+                tiny_trainer(_cfg(tmp_path, 1), context=DistContext())
+        else:
+            tiny_trainer(_cfg(tmp_path, 1), context=DistContext())
+    finally:
+        dist.destroy_process_group()
+
+
+class _Memory(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("bank", torch.zeros(4, 8))

@@ -77,6 +77,7 @@ class SLKDTrainer:
         if self.channels_last:
             self.distiller.to(memory_format=torch.channels_last)
         self.student = self.distiller.student
+        self.extra_modules = [module for name, module in self.distiller.named_children() if name not in ("student", "teacher")]
         self._wrap_student_for_ddp()
 
         data.use_views(train_loader.dataset, cfg.DATASET.TYPE, self.num_views)
@@ -85,7 +86,11 @@ class SLKDTrainer:
         self.val_loader = data.test_loader(val_loader.dataset, cfg, **ranks)
 
         # fused on a GPU: one kernel per update, and fp16's scaler never reads its inf flag on the host
-        self.optimizer = optim.sgd(self.distiller.get_learnable_parameters(), cfg.SOLVER, fused=self.device.type == "cuda")
+        learnable = list(self.distiller.get_learnable_parameters())
+        self.optimizer = optim.sgd(learnable, cfg.SOLVER, fused=self.device.type == "cuda")
+        student_parameters = {id(parameter) for parameter in self.student.parameters()}
+        # trained beside the student (FitNet's regressor, CRD's embeddings, ...): outside DDP, averaged by hand
+        self.extra_parameters = [parameter for parameter in learnable if id(parameter) not in student_parameters]
         self.step_graphs = self._step_graphs()
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.SLKD.AMP)
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.SLKD.AMP == "fp16" else None
@@ -107,9 +112,16 @@ class SLKDTrainer:
         return graphs.StepGraphs(graphs.CudaGraphBackend(self.device))
 
     def _wrap_student_for_ddp(self):
+        """Under torchrun: the student in DDP; modules trained beside it get their gradients
+        averaged after each backward (:meth:`_average_extra_gradients`) and their BatchNorm
+        statistics shared with the student's. Other state they update in a step (CRD's
+        memory bank and normalisation constants) would drift apart in each process, so such
+        methods are refused."""
         if not self.context.distributed:
             return
         from torch.nn.parallel import DistributedDataParallel
+
+        _refuse_per_process_state(self.extra_modules, self.cfg.DISTILLER.TYPE)
 
         student = self.distiller.student
         if self.cfg.SLKD.SYNC_BN and self.device.type != "cuda":
@@ -124,12 +136,32 @@ class SLKDTrainer:
         self.distiller.student = DistributedDataParallel(student, device_ids=device_ids, broadcast_buffers=False)
 
     def _share_buffers(self):
-        """Give every process rank 0's BatchNorm statistics (under torchrun)."""
+        """Give every process rank 0's BatchNorm statistics, the student's and those of the
+        modules trained beside it (under torchrun)."""
         if self.context.distributed:
             import torch.distributed as dist
 
-            for buffer in self.student.buffers():
-                dist.broadcast(buffer, src=0)
+            for module in (self.student, *self.extra_modules):
+                for buffer in module.buffers():
+                    dist.broadcast(buffer, src=0)
+
+    def _average_extra_gradients(self):
+        """Average over processes the gradients of the parameters trained beside the student
+        (DDP averages the student's), in one collective; a missing gradient counts as zeros."""
+        if not (self.context.distributed and self.extra_parameters):
+            return
+        import torch.distributed as dist
+
+        gradients = []
+        for parameter in self.extra_parameters:
+            if parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)
+            gradients.append(parameter.grad)
+        flat = torch.cat([gradient.reshape(-1) for gradient in gradients])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= self.context.world_size
+        for gradient, averaged in zip(gradients, flat.split([gradient.numel() for gradient in gradients])):
+            gradient.copy_(averaged.view_as(gradient))
 
     @property
     def run_folder(self):
@@ -260,10 +292,12 @@ class SLKDTrainer:
         self.optimizer.zero_grad(set_to_none=not recording)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
+            self._average_extra_gradients()
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             loss.backward()
+            self._average_extra_gradients()
             self.optimizer.step()
         stats = {name: value.detach() for name, value in getattr(self.distiller, "step_stats", {}).items()}
         return {name: value.detach() for name, value in losses.items()}, loss.detach(), logits.detach(), stats
@@ -526,6 +560,26 @@ def _check_fused_loss_device(distiller, device) -> None:
         raise ConfigError(
             f"SLKD.FUSED_LOSS runs on CUDA devices, this run is on {device.type}: set SLKD.FUSED_LOSS "
             "False (or drop --fused-loss)"
+        )
+
+
+def _refuse_per_process_state(modules, method: str) -> None:
+    """ConfigError when ``modules`` (beside the student and teacher) hold state other than
+    BatchNorm statistics, i.e. persistent buffers (non-persistent ones, such as SLDLoss's
+    temperatures, are constants): state a step may update in each process, which torchrun
+    would let drift."""
+    held = [
+        f"{type(owner).__name__}.{name}"
+        for module in modules
+        for owner in module.modules()
+        if not isinstance(owner, torch.nn.modules.batchnorm._BatchNorm)
+        for name, _ in owner.named_buffers(recurse=False)
+        if name not in owner._non_persistent_buffers_set
+    ]
+    if held:
+        raise ConfigError(
+            f"{method} keeps state beside the student ({', '.join(held)}) that each torchrun process would "
+            f"update on its own batches: train {method} in one process (slkd-train without torchrun)"
         )
 
 

@@ -33,9 +33,11 @@ class TinyNet(nn.Module):
 class TinyDistiller(nn.Module):
     num_views = 2
 
-    def __init__(self, student, teacher, cfg, nan_at=None):
+    def __init__(self, student, teacher, cfg, nan_at=None, connector=False):
         super().__init__()
         self.student, self.teacher = student, teacher
+        # trained beside the student, as FitNet's regressor or CRD's embeddings are
+        self.connector = nn.Linear(8, 8) if connector else None
         self.criterion = SLDLoss(temperatures=list(cfg.SLD.TEMPERATURES), gamma=cfg.SLD.GAMMA)
         self.ce_weight, self.kd_weight = cfg.SLD.CE_WEIGHT, cfg.SLD.KD_WEIGHT
         self.nan_at = nan_at  # (epoch, call) at which the loss turns NaN, for tests
@@ -48,7 +50,8 @@ class TinyDistiller(nn.Module):
         return self
 
     def get_learnable_parameters(self):
-        return list(self.student.parameters())
+        extra = list(self.connector.parameters()) if self.connector is not None else []
+        return list(self.student.parameters()) + extra
 
     def forward(self, **kwargs):
         if self.training:
@@ -58,16 +61,23 @@ class TinyDistiller(nn.Module):
     def forward_train(self, image_weak, image_strong, target, epoch, **kwargs):
         self.calls += 1
         views = [image_weak, image_strong]
-        student = [self.student(v)[0] for v in views]
+        student_out = [self.student(v) for v in views]
+        student = [logits for logits, _ in student_out]
         with torch.no_grad():
-            teacher = [self.teacher(v)[0] for v in views]
+            teacher_out = [self.teacher(v) for v in views]
+            teacher = [logits for logits, _ in teacher_out]
         terms = self.criterion.terms(torch.cat(student), torch.cat(teacher), target.repeat(2), epoch)
         loss_kd = self.kd_weight * (terms.teacher_swap + terms.student_swap).sum() / target.shape[0]
         loss_ce = self.ce_weight * sum(F.cross_entropy(z, target) for z in student)
         if self.nan_at == (epoch, self.calls):
             loss_kd = loss_kd * float("nan")
         self.step_stats = {"teacher_swap_rate": terms.teacher_swap_rate}
-        return student[0], {"loss_ce": loss_ce, "loss_kd": loss_kd}
+        losses = {"loss_ce": loss_ce, "loss_kd": loss_kd}
+        if self.connector is not None:
+            losses["loss_feat"] = sum(
+                F.mse_loss(self.connector(s[1]["pooled"]), t[1]["pooled"]) for s, t in zip(student_out, teacher_out)
+            )
+        return student[0], losses
 
 
 def tiny_cfg(prefix, epochs=3, batch=8, seed=0):
@@ -107,12 +117,13 @@ def tiny_datasets(train_size=24, test_size=16, num_classes=10, random_views=Fals
     return train, test
 
 
-def tiny_trainer(cfg, context=None, nan_at=None, model_seed=0, batchnorm=False, random_views=False):
-    """Teacher and student initialised from ``model_seed`` in every process."""
+def tiny_trainer(cfg, context=None, nan_at=None, model_seed=0, batchnorm=False, random_views=False, connector=False):
+    """Teacher and student (and ``connector``: a module trained beside the student)
+    initialised from ``model_seed`` in every process."""
     from slkd.host.trainer import SLKDTrainer
 
     torch.manual_seed(model_seed)
     student, teacher = TinyNet(batchnorm=batchnorm), TinyNet(batchnorm=batchnorm)
-    distiller = TinyDistiller(student, teacher, cfg, nan_at=nan_at)
+    distiller = TinyDistiller(student, teacher, cfg, nan_at=nan_at, connector=connector)
     train, test = tiny_datasets(random_views=random_views)
     return SLKDTrainer("tiny/run", distiller, Loader(train), Loader(test), cfg, context=context, argv=["test"])
