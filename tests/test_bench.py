@@ -1,8 +1,9 @@
 """slkd-bench: planning, running, resuming and reporting.
 
-Without mdistiller: the report on hand-written run folders (numbers checked exactly), the
-run states, the scheduler (GPU spreading, failures) with stand-in commands, and the CLI's
-errors. With mdistiller (``host`` fixture): the whole benchmark with ``--smoke`` on a CPU,
+Without mdistiller: the report on hand-written run folders (numbers checked exactly, runs
+with other settings kept apart), the run states, the scheduler with stand-in commands (GPU
+spreading, failures, claims on run folders, runs done meanwhile, reruns with other options),
+the configs' overrides, and the CLI's errors. With mdistiller (``host`` fixture): the whole benchmark with ``--smoke`` on a CPU,
 its report, reruns that skip or resume, a failing run, and the res32x4_res8x4 plan.
 """
 
@@ -20,11 +21,13 @@ import yaml
 from PIL import Image
 
 from slkd.bench import plan as planning
-from slkd.bench.cli import main
-from slkd.bench.configs import mdistiller_lr, run_config
+from slkd.bench import run as bench_run
+from slkd.bench.cli import _print_outcomes, main
+from slkd.bench.configs import mdistiller_lr, parse_overrides, run_config
+from slkd.bench.plan import run_options
 from slkd.bench.published import TOP1
 from slkd.bench.report import report
-from slkd.bench.run import LOG_NAME, PID_NAME, Options, _Job, _launch_all, _running_pid, command, execute
+from slkd.bench.run import LOG_NAME, PID_NAME, Options, _running_pid, claim, command, execute
 from slkd.bench.sources import BenchError, Pair, known_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,8 +35,9 @@ METHODS = ["KD", "DKD", "CRD", "MLKD", "SLD"]
 
 
 # --------------------------------------------------------------------------- hand-written runs
-def write_run(root, pair, method, seed, best, last, *, epochs=3, done=None, views_off=False, memory=None, seconds=(2.0, 4.0), smoke=False):
-    """A run folder as slkd's trainer leaves it, with the numbers given."""
+def write_run(root, pair, method, seed, best, last, *, epochs=3, done=None, views_off=False, memory=None, seconds=(2.0, 4.0), smoke=False, solver=None, options=""):
+    """A run folder as slkd's trainer leaves it, with the numbers given (``solver``: SOLVER
+    keys of its config; ``options``: more slkd-train arguments)."""
     folder = Path(root) / pair / method / f"seed{seed}"
     folder.mkdir(parents=True)
     done = epochs if done is None else done
@@ -49,9 +53,13 @@ def write_run(root, pair, method, seed, best, last, *, epochs=3, done=None, view
     (folder / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in metrics))
     summary = {"best_acc": best, "last_acc": last, "epochs_done": done, "epochs": epochs, "seed": seed, "method": method}
     (folder / "summary.json").write_text(json.dumps(summary))
-    config = {"DISTILLER": {"TYPE": method}, "DATASET": {"TYPE": "cifar100"}, "SLD": {"STRONG_VIEW": not views_off, "GAMMA": 2}}
+    config = {
+        "DISTILLER": {"TYPE": method}, "DATASET": {"TYPE": "cifar100"}, "SLD": {"STRONG_VIEW": not views_off, "GAMMA": 2},
+        "SOLVER": solver or {"LR": 0.05}, "SLKD": {"SEED": seed, "AMP": "none"},
+        "LOG": {"PREFIX": str(root)}, "EXPERIMENT": {"NAME": f"seed{seed}", "PROJECT": f"{pair}/{method}"},  # placement: differs per seed
+    }
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
-    (folder / "command.txt").write_text("slkd-train --cfg x.yaml" + (" --smoke" if smoke else "") + "\n")
+    (folder / "command.txt").write_text(f"slkd-train --cfg x.yaml --seed {seed}" + (" --smoke" if smoke else "") + f" {options}\n")
     (folder / "environment.json").write_text(json.dumps({"gpus": ["Test GPU"], "torch": "9.9", "cuda": "12.0", "slkd": "0.1.0"}))
     return folder
 
@@ -122,6 +130,44 @@ def test_published_numbers_sit_beside_the_right_methods(written):
     assert "78.28" in md and "MLKD+LS" in md, "MLKD+LS is named in a note, not run"
 
 
+def test_runs_with_other_settings_are_not_averaged_together(tmp_path):
+    pair = "res32x4_res8x4"
+    for seed, best in enumerate([70.0, 72.0]):
+        write_run(tmp_path, pair, "KD", seed, best, best)
+    write_run(tmp_path, pair, "KD", 2, 60.0, 60.0, solver={"LR": 0.1})
+    write_run(tmp_path, pair, "KD", 3, 1.0, 1.0, options="--synthetic 512")
+    write_run(tmp_path, pair, "KD", 4, 50.0, 50.0, solver={"LR": 0.05, "LR_DECAY_STAGES": [1, 2]})
+    warnings = []
+    report(tmp_path, echo=warnings.append)
+    with open(tmp_path / "summary.csv", newline="") as stream:
+        table = {row["settings"]: row for row in csv.DictReader(stream)}
+    labels = [
+        "SOLVER.LR 0.05, SOLVER.LR_DECAY_STAGES [1, 2], data real",
+        "SOLVER.LR 0.05, SOLVER.LR_DECAY_STAGES unset, data real",
+        "SOLVER.LR 0.05, SOLVER.LR_DECAY_STAGES unset, data synthetic 512",
+        "SOLVER.LR 0.1, SOLVER.LR_DECAY_STAGES unset, data real",
+    ]
+    assert sorted(table) == labels
+    assert [(table[label]["seeds"], float(table[label]["best_mean"])) for label in labels] == [("4", 50.0), ("0 1", 71.0), ("3", 1.0), ("2", 60.0)]
+    assert warnings == ["[slkd-bench] warning: res32x4_res8x4 KD: its runs differ in SOLVER.LR, SOLVER.LR_DECAY_STAGES, data; not averaged together: one row per setting"]
+    md = (tmp_path / "summary.md").read_text()
+    assert f"| {pair} | KD [{labels[1]}] | 2 | 71.00 ± 1.41 |" in md
+    assert "not averaged together: res32x4_res8x4 KD: its runs differ in SOLVER.LR" in md
+
+
+def test_report_shows_the_precision(tmp_path):
+    write_run(tmp_path, "res56_res20", "KD", 0, 70.0, 70.0)
+    folder = write_run(tmp_path, "res56_res20", "SLD", 0, 71.0, 71.0)
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    config["SLKD"]["AMP"] = "bf16"
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    report(tmp_path, echo=quiet)
+    rows = read_csv(tmp_path / "summary.csv")
+    assert (rows[("res56_res20", "KD")]["amp"], rows[("res56_res20", "SLD")]["amp"]) == ("none", "bf16")
+    md = (tmp_path / "summary.md").read_text()
+    assert "| data | AMP |" in md and "| CIFAR-100 | bf16 |" in md
+
+
 def test_report_figures_are_images(written):
     written_files = report(written, echo=lambda line: None)
     for name in ("curves.png", "losses.png", "swaps.png"):
@@ -175,97 +221,220 @@ def test_run_states_are_read_from_the_folder(tmp_path):
     (half / "latest.prev").write_bytes(b"x")
     assert planning.state(half) == planning.RESUME
     (half / "summary.json").unlink()
+    assert planning.state(half) == planning.RESUME, "the checkpoint records its epochs"
+    (half / "latest.prev").unlink()
     assert planning.state(half) == planning.START, "no record of a finished epoch: start again"
 
 
 def test_command_lines():
     smoke = command(Path("c.yaml"), 3, Options(smoke=True), resume=True)
     assert smoke[1:] == ["-m", "slkd.run.train", "--cfg", "c.yaml", "--seed", "3", "--device", "cpu", "--smoke", "--resume"]
-    real = command(Path("c.yaml"), 0, Options(device="cuda", amp="bf16"), resume=False)
-    assert real[1:] == ["-m", "slkd.run.train", "--cfg", "c.yaml", "--seed", "0", "--device", "cuda", "--amp", "bf16"]
+    real = command(Path("c.yaml"), 0, Options(device="cuda", amp="bf16", synthetic=512), resume=False)
+    assert real[1:] == ["-m", "slkd.run.train", "--cfg", "c.yaml", "--seed", "0", "--device", "cuda", "--synthetic", "512"], "--amp is SLKD.AMP in the config"
     assert "--device" not in command(Path("c.yaml"), 0, Options(), resume=False)
 
 
 # --------------------------------------------------------------------------- the scheduler
+# A stand-in for slkd-train: argv is the folder, what to do, then the command line slkd-bench
+# built, which it records as slkd-train does (command.txt) when it finishes.
 STAND_IN = """
 import json, os, sys, time
-folder = sys.argv[1]
+folder, mode, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
 print("gpu", os.environ.get("CUDA_VISIBLE_DEVICES"), "threads", os.environ.get("OMP_NUM_THREADS"))
-time.sleep(0.3)
-if sys.argv[2] == "fail":
+time.sleep(60 if mode == "hang" else 0.3)
+if mode == "fail":
     print("slkd-train: error: a stand-in failure", file=sys.stderr)
     sys.exit(3)
-open(os.path.join(folder, "summary.json"), "w").write(json.dumps({"best_acc": 1.0, "epochs_done": 2, "epochs": 2}))
+if mode == "ok":
+    open(os.path.join(folder, "command.txt"), "w").write(" ".join(["slkd-train"] + argv) + "\\n")
+    open(os.path.join(folder, "summary.json"), "w").write(json.dumps({"best_acc": 1.0, "epochs_done": 2, "epochs": 2}))
 """
 
 
-def stand_in_jobs(tmp_path, outcomes):
+@pytest.fixture
+def stand_in(monkeypatch):
+    """Runs start the stand-in instead of slkd-train; set ``modes[seed]`` (default "ok")."""
+    modes = {}
+    real = bench_run.command
+
+    def stand_in_command(config_path, seed, options, resume):
+        return [sys.executable, "-c", STAND_IN, str(config_path.parent), modes.get(seed, "ok")] + real(config_path, seed, options, resume)[3:]
+
+    monkeypatch.setattr(bench_run, "command", stand_in_command)
+    return modes
+
+
+def stand_in_runs(tmp_path, seeds):
+    """KD runs of a pair ``p`` (teacher ``t``, student ``s``) from a one-file config."""
+    source = tmp_path / "src.yaml"
+    source.write_text(yaml.safe_dump({"DISTILLER": {"TYPE": "KD", "TEACHER": "t", "STUDENT": "s"}, "SOLVER": {"LR": 0.05}}))
     pair = Pair("p", "t", "s")
-    jobs = []
-    for seed, outcome in enumerate(outcomes):
-        folder = tmp_path / "p" / "KD" / f"seed{seed}"
-        run = planning.Run(pair, "KD", seed, Path("src.yaml"), tmp_path, folder)
-        jobs.append(_Job(run, planning.START, [sys.executable, "-c", STAND_IN, str(folder), outcome]))
-    return jobs
+    return [planning.Run(pair, "KD", seed, source, tmp_path, tmp_path / "p" / "KD" / f"seed{seed}") for seed in seeds]
 
 
-def test_runs_spread_over_gpus_and_failures_do_not_stop_the_others(tmp_path, monkeypatch):
+def quiet(line):
+    pass
+
+
+def test_runs_spread_over_gpus_and_failures_do_not_stop_the_others(tmp_path, monkeypatch, stand_in):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,7")
-    jobs = stand_in_jobs(tmp_path, ["ok", "fail", "ok", "ok"])
-    outcomes = _launch_all(jobs, Options(parallel=2), echo=lambda line: None)
+    stand_in[1] = "fail"
+    runs = stand_in_runs(tmp_path, range(4))
+    outcomes = execute(runs, Options(parallel=2), echo=quiet)
     by_seed = {outcome.run.seed: outcome for outcome in outcomes}
     assert [by_seed[seed].ok for seed in range(4)] == [True, False, True, True]
     assert "exited 3" in by_seed[1].message and "a stand-in failure" in by_seed[1].message
-    gpus = [(job.run.folder / LOG_NAME).read_text().split("gpu ")[1].split()[0] for job in jobs]
+    gpus = [(run.folder / LOG_NAME).read_text().split("gpu ")[1].split()[0] for run in runs]
     assert gpus[:2] == ["4", "7"] and set(gpus) == {"4", "7"}
-    assert all((job.run.folder / LOG_NAME).read_text().startswith("=== slkd-bench ") for job in jobs)
+    assert all((run.folder / LOG_NAME).read_text().startswith("=== slkd-bench ") for run in runs)
 
 
-def test_parallel_cpu_runs_share_the_cores(tmp_path, monkeypatch):
+def test_parallel_cpu_runs_share_the_cores(tmp_path, monkeypatch, stand_in):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    jobs = stand_in_jobs(tmp_path, ["ok", "ok"])
-    _launch_all(jobs, Options(parallel=2, device="cpu"), echo=lambda line: None)
-    log = (jobs[0].run.folder / LOG_NAME).read_text()
-    assert f"gpu None threads {max(1, os.cpu_count() // 2)}" in log
+    runs = stand_in_runs(tmp_path, range(2))
+    execute(runs, Options(parallel=2, device="cpu"), echo=quiet)
+    assert f"gpu None threads {max(1, os.cpu_count() // 2)}" in (runs[0].folder / LOG_NAME).read_text()
 
 
-def test_a_run_that_exits_0_without_finishing_is_a_failure(tmp_path):
-    job = stand_in_jobs(tmp_path, ["ok"])[0]
-    job.command = [sys.executable, "-c", "pass"]
-    (outcome,) = _launch_all([job], Options(device="cpu"), echo=lambda line: None)
+def test_a_run_that_exits_0_without_finishing_is_a_failure(tmp_path, stand_in):
+    stand_in[0] = "exit0"
+    (outcome,) = execute(stand_in_runs(tmp_path, [0]), Options(device="cpu"), echo=quiet)
     assert not outcome.ok and "no summary.json" in outcome.message
 
 
-def test_stopping_the_benchmark_stops_its_runs(tmp_path):
-    job = stand_in_jobs(tmp_path, ["ok"])[0]
-    job.command = [sys.executable, "-c", "import time; time.sleep(60)"]
+def test_stopping_the_benchmark_stops_its_runs(tmp_path, stand_in):
+    stand_in[0] = "hang"
+    (run,) = stand_in_runs(tmp_path, [0])
+    pids = []
 
     def interrupt_once_started(line):
-        if "start" in line:
+        if ": start," in line:
+            pids.append(int((run.folder / PID_NAME).read_text()))
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        _launch_all([job], Options(device="cpu"), echo=interrupt_once_started)
-    assert job.process.poll() is not None
-    assert not (job.run.folder / PID_NAME).exists()
+        execute([run], Options(device="cpu"), echo=interrupt_once_started)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pids[0], 0)  # stopped and reaped
+    assert not (run.folder / PID_NAME).exists()
+    claim(run.folder).close()  # and the folder's claim given up
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the command line from /proc")
-def test_a_run_still_running_from_a_killed_benchmark_is_left_alone(tmp_path):
-    (run,) = [job.run for job in stand_in_jobs(tmp_path, ["ok"])]
+def test_a_run_still_running_from_a_killed_benchmark_is_left_alone(tmp_path, stand_in):
+    (run,) = stand_in_runs(tmp_path, [0])
     run.folder.mkdir(parents=True)
     orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "slkd.run.train"])
     while b"slkd.run.train" not in Path(f"/proc/{orphan.pid}/cmdline").read_bytes():
         time.sleep(0.05)  # until the new process has its command line
     try:
         (run.folder / PID_NAME).write_text(f"{orphan.pid}\n")
-        (outcome,) = execute([run], Options(device="cpu"), echo=lambda line: None)
+        (outcome,) = execute([run], Options(device="cpu"), echo=quiet)
         assert not outcome.ok and f"still running in process {orphan.pid}" in outcome.message
     finally:
         orphan.kill()
         orphan.wait()
     (run.folder / PID_NAME).write_text(f"{orphan.pid}\n")
     assert _running_pid(run.folder) is None, "a stale pid file is ignored"
+
+
+# a second slkd-bench: it claims the folder as slkd-bench does, says so, and holds it
+HOLDER = """
+import sys, time
+from pathlib import Path
+from slkd.bench.run import claim
+lock = claim(Path(sys.argv[1]))
+print("claimed", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_run_claimed_by_another_benchmark_is_left_alone_until_that_one_ends(tmp_path, stand_in):
+    (run,) = stand_in_runs(tmp_path, [0])
+    run.folder.mkdir(parents=True)
+    (run.folder / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run.folder)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline() == "claimed\n"
+        for options in (Options(device="cpu"), Options(device="cpu", dry_run=True)):
+            (outcome,) = execute([run], options, echo=quiet)
+            assert not outcome.ok and f"claimed by another slkd-bench (process {holder.pid})" in outcome.message
+        assert sorted(path.name for path in run.folder.iterdir()) == ["bench.lock", "metrics.jsonl"], "nothing written or deleted"
+        assert (run.folder / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
+    finally:
+        holder.kill()
+        holder.wait()
+    (outcome,) = execute([run], Options(device="cpu"), echo=quiet)
+    assert outcome.ok and outcome.action == planning.START, "a killed holder's claim ends with it"
+
+
+def test_a_run_finished_meanwhile_is_skipped_when_its_turn_comes(tmp_path, stand_in):
+    # as a second benchmark that planned the run while the first one was training it
+    (run,) = stand_in_runs(tmp_path, [0])
+    outcomes = execute([run, run], Options(device="cpu"), echo=quiet)
+    assert [(outcome.action, outcome.ok) for outcome in outcomes] == [(planning.START, True), (planning.DONE, True)]
+    assert (run.folder / LOG_NAME).read_text().count("=== slkd-bench ") == 1
+
+
+def _half_done(folder):
+    """As if killed after epoch 1 of 2."""
+    (folder / "summary.json").write_text(json.dumps({"best_acc": 1.0, "epochs_done": 1, "epochs": 2}))
+    (folder / "latest").write_bytes(b"checkpoint")
+
+
+@pytest.mark.parametrize(
+    "first, second, differing",
+    [
+        (Options(device="cpu", synthetic=512), Options(device="cpu"), "data"),
+        (Options(device="cpu"), Options(device="cpu", amp="bf16"), "SLKD.AMP"),
+        (Options(device="cpu", amp="bf16"), Options(device="cpu"), "SLKD.AMP"),
+        (Options(device="cpu"), Options(device="cuda"), "device"),
+    ],
+)
+@pytest.mark.parametrize("half_done", [False, True])
+def test_a_run_with_other_run_options_is_neither_skipped_nor_resumed(tmp_path, stand_in, first, second, differing, half_done):
+    (run,) = stand_in_runs(tmp_path, [0])
+    (outcome,) = execute([run], first, echo=quiet)
+    assert outcome.ok
+    if half_done:
+        _half_done(run.folder)
+    (outcome,) = execute([run], second, echo=quiet)
+    state = "half done" if half_done else "finished"
+    assert not outcome.ok and f"{state} with other settings ({differing} differ" in outcome.message
+    assert (run.folder / LOG_NAME).read_text().count("=== slkd-bench ") == 1
+    (outcome,) = execute([run], first, echo=quiet)
+    assert outcome.ok and outcome.action == (planning.RESUME if half_done else planning.DONE), "the same options go on"
+
+
+def test_an_identical_rerun_with_a_tuple_override_skips_the_finished_run(tmp_path, stand_in):
+    (run,) = stand_in_runs(tmp_path, [0])
+    options = Options(device="cpu", overrides=tuple(parse_overrides([["SOLVER.LR_DECAY_STAGES", "(1, 2)"]])))
+    assert execute([run], options, echo=quiet)[0].ok
+    (outcome,) = execute([run], options, echo=quiet)
+    assert outcome.ok and outcome.action == planning.DONE, outcome.message
+    assert yaml.safe_load((run.folder / "bench_config.yaml").read_text())["SOLVER"]["LR_DECAY_STAGES"] == [1, 2]
+
+
+def test_dry_run_writes_nothing(tmp_path, stand_in):
+    (run,) = stand_in_runs(tmp_path, [0])
+    lines = []
+    (outcome,) = execute([run], Options(device="cpu", dry_run=True), echo=lines.append)
+    assert outcome.ok and outcome.action == planning.START and not run.folder.exists()
+    assert "would start" in lines[0] and "SLKD.AMP 'none'" in lines[1]
+
+
+def test_run_options_are_read_as_slkd_train_chooses_them():
+    assert run_options("slkd-train --cfg c.yaml --seed 0 --device cpu --smoke", {"gpus": ["H100"]}) == {"data": "smoke", "device": "cpu"}
+    assert run_options("slkd-train --cfg c.yaml --synthetic=512", {"gpus": ["H100"]}) == {"data": "synthetic 512", "device": "cuda"}
+    assert run_options("slkd-train --cfg c.yaml", {"gpus": []}) == {"data": "real", "device": "cpu"}
+
+
+def test_every_run_failing_is_said_instead_of_pointing_to_the_report(tmp_path, stand_in, capsys):
+    stand_in[0] = "fail"
+    runs = stand_in_runs(tmp_path, [0])
+    assert _print_outcomes(execute(runs, Options(device="cpu"), echo=quiet), runs, dry_run=False) == 1
+    out = capsys.readouterr().out
+    assert "nothing to report" in out and "slkd-bench report" not in out
 
 
 # --------------------------------------------------------------------------- CLI errors
@@ -277,12 +446,48 @@ def test_a_run_still_running_from_a_killed_benchmark_is_left_alone(tmp_path):
         (["--seeds", "0,x"], "--seeds takes integers"),
         (["--parallel", "0"], "--parallel is 0"),
         (["--set", "LOG.PREFIX", "/tmp"], "--set LOG.PREFIX is not allowed"),
+        (["--set", "EXPERIMENT.TAG", "mine"], "--set EXPERIMENT.TAG is not allowed"),
+        (["--set", "SOLVER.LR_DECAY_STAGES", "{150, 180}"], "a set is not a config value"),
+        (["--set", "SOLVER", "{'LR': 0.1}"], "a dict is not a config value"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(argv, message, capsys):
     assert main(["run", "--dry-run"] + argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("slkd-bench: error: ") and message in err and "Traceback" not in err
+
+
+def test_overrides_are_written_as_yaml_reads_them_back():
+    (key, value), = parse_overrides([["SOLVER.LR_DECAY_STAGES", "(150, (180, 'a'))"]])
+    assert value == [150, [180, "a"]]
+    assert parse_overrides([["KD.TEMPERATURE", "4"], ["X.NAME", "not a literal"]]) == [("KD.TEMPERATURE", 4), ("X.NAME", "not a literal")]
+
+
+def test_overriding_a_whole_node_is_refused(tmp_path):
+    (run,) = stand_in_runs(tmp_path, [0])
+    with pytest.raises(BenchError, match=r"^SOLVER is a config node, not a value: set its keys one by one, e.g. --set SOLVER.LR VALUE$"):
+        run_config("KD", run.pair, run.source, prefix=tmp_path, seed=0, epochs=None, overrides=[("SOLVER", 0.1)])
+    with pytest.raises(BenchError, match="SOLVER.LR is a value, not a config node"):
+        run_config("KD", run.pair, run.source, prefix=tmp_path, seed=0, epochs=None, overrides=[("SOLVER.LR.X", 0.1)])
+
+
+def test_amp_is_written_into_the_config(tmp_path):
+    (run,) = stand_in_runs(tmp_path, [0])
+
+    def amp(**asked):
+        config, notes = run_config("KD", run.pair, run.source, prefix=tmp_path, seed=0, epochs=None, **asked)
+        return config["SLKD"]["AMP"], notes[-1]
+
+    assert amp(overrides=[]) == ("none", "SLKD.AMP 'none' (slkd's default)")
+    assert amp(overrides=[("SLKD.AMP", "fp16")]) == ("fp16", "SLKD.AMP 'fp16' (the config's)")
+    assert amp(overrides=[("SLKD.AMP", "fp16")], amp="bf16") == ("bf16", "SLKD.AMP 'bf16' (--amp)")
+
+
+def test_a_bad_override_stops_the_benchmark_before_anything_starts(tmp_path, stand_in):
+    runs = stand_in_runs(tmp_path, [0, 1])
+    with pytest.raises(BenchError, match="SOLVER is a config node"):
+        execute(runs, Options(device="cpu", overrides=(("SOLVER", 0.1),)), echo=quiet)
+    assert not (tmp_path / "p").exists()
 
 
 # --------------------------------------------------------------------------- with mdistiller
@@ -368,7 +573,8 @@ def test_rerun_starts_a_run_without_record_and_resumes_a_half_done_one(smoke_ben
     out, _ = smoke_bench
     root = out / "smoke" / SMOKE_PAIR
     fresh, half = root / "KD" / "seed1", root / "SLD" / "seed0"
-    (fresh / "summary.json").unlink()
+    for name in ("summary.json", "latest", "latest.prev"):  # as if killed before its first checkpoint
+        (fresh / name).unlink()
     # as if killed after epoch 1: its checkpoint, summary and metrics
     os.replace(half / "latest.prev", half / "latest")
     summary = json.loads((half / "summary.json").read_text())
@@ -439,6 +645,13 @@ def test_kd_and_crd_follow_mdistillers_per_pair_convention(child_env, tmp_path):
     for dkd in sorted((host_root / "configs/cifar100/dkd").glob("*.yaml")):
         if dkd.stem in pairs:
             assert mdistiller_lr(pairs[dkd.stem].student) == yaml.safe_load(dkd.read_text())["SOLVER"]["LR"], dkd.name
+
+
+@pytest.mark.host
+def test_overriding_a_whole_node_is_a_one_line_error(child_env, tmp_path, capsys):
+    assert main(["run", "--dry-run", "--pair", SMOKE_PAIR, "--methods", "KD", "--out", str(tmp_path), "--set", "SOLVER", "0.1"]) == 1
+    err = capsys.readouterr().err
+    assert err == "slkd-bench: error: SOLVER is a config node, not a value: set its keys one by one, e.g. --set SOLVER.BATCH_SIZE VALUE\n"
 
 
 @pytest.mark.host

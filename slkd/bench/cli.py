@@ -95,7 +95,10 @@ def _print_outcomes(outcomes, runs, dry_run: bool) -> int:
     for outcome in failed:
         print(f"[slkd-bench] FAILED {outcome.run.label}: {outcome.message}", file=sys.stderr)
     if runs and not dry_run:
-        print(f"[slkd-bench] report: slkd-bench report {runs[0].folder.parents[2]}")
+        if any(outcome.ok for outcome in outcomes):
+            print(f"[slkd-bench] report: slkd-bench report {runs[0].folder.parents[2]}")
+        else:
+            print("[slkd-bench] no run finished or was done already: nothing to report; see the failures above")
     return 1 if failed else 0
 
 

@@ -10,7 +10,9 @@ In order, later wins:
    the others); for CRD also ``CRD.FEAT.{TEACHER,STUDENT}_DIM``, the widths of the two
    networks' pooled features, which CRD's embeddings need;
 3. ``--epochs`` (``SOLVER.EPOCHS``), then every ``--set KEY VALUE``, values read as
-   mdistiller's command line reads them (Python literals, else strings);
+   mdistiller's command line reads them (Python literals, else strings; tuples become lists,
+   as the YAML file holds them), then ``--amp`` (``SLKD.AMP``, always written: the config's
+   own value, else slkd's default, when ``--amp`` is not given);
 4. ``LOG.PREFIX``, ``EXPERIMENT.PROJECT``/``NAME``/``TAG``, so that slkd-train writes the run
    to ``<out>/<pair>/<method>/seed<k>`` (``<out>/smoke/...`` with ``--smoke``).
 
@@ -36,7 +38,10 @@ FILE_NAME = "bench_config.yaml"
 SMALL_LR_STUDENTS = ("ShuffleV1", "ShuffleV2", "MobileNetV2")
 
 # Set by the benchmark for every run; --set cannot change them.
-PLACEMENT_KEYS = ("LOG.PREFIX", "EXPERIMENT.PROJECT", "EXPERIMENT.NAME", "SLKD.SEED")
+PLACEMENT_KEYS = ("LOG.PREFIX", "EXPERIMENT.PROJECT", "EXPERIMENT.NAME", "EXPERIMENT.TAG", "SLKD.SEED")
+
+# The types a config value may have in the YAML file (and lists of them).
+SCALAR_TYPES = (bool, int, float, str, type(None))
 
 
 def mdistiller_lr(student: str) -> float:
@@ -53,18 +58,39 @@ def parse_overrides(pairs: list[list[str]]) -> list[tuple[str, object]]:
                 f"--set {key} is not allowed: the benchmark sets it for each run "
                 "(use --out for the folder and --seeds for the seeds)"
             )
-        overrides.append((key, _decode(text)))
+        overrides.append((key, _decode(key, text)))
     return overrides
 
 
-def _decode(text: str):
+def _decode(key: str, text: str):
+    """``text`` as a Python literal (else the string itself), in the form YAML writes back."""
     try:
-        return ast.literal_eval(text)
+        value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return text
+    if not _is_config_value(value):
+        raise BenchError(
+            f"--set {key} {text}: a {type(value).__name__} is not a config value; give a number, string, "
+            "True/False/None or a list (set a node's keys one by one: --set NODE.KEY VALUE)"
+        )
+    return _tuples_as_lists(value)
 
 
-def run_config(method: str, pair: Pair, source: Path, *, prefix: Path, seed: int, epochs: int | None, overrides) -> tuple[dict, list[str]]:
+def _is_config_value(value) -> bool:
+    """Whether YAML writes ``value`` back as it is (tuples aside, which come back as lists)."""
+    if isinstance(value, (list, tuple)):
+        return all(_is_config_value(item) for item in value)
+    return isinstance(value, SCALAR_TYPES)
+
+
+def _tuples_as_lists(value):
+    """``value`` with every tuple in it made a list."""
+    return [_tuples_as_lists(item) for item in value] if isinstance(value, (list, tuple)) else value
+
+
+def run_config(
+    method: str, pair: Pair, source: Path, *, prefix: Path, seed: int, epochs: int | None, overrides, amp: str | None = None
+) -> tuple[dict, list[str]]:
     """The run's config as a dict, and comment lines saying where each part came from."""
     config = yaml.safe_load(source.read_text()) or {}
     notes = [f"from {source}"]
@@ -84,11 +110,29 @@ def run_config(method: str, pair: Pair, source: Path, *, prefix: Path, seed: int
         _set(config, key, value)
     if changes:
         notes.append("overrides: " + ", ".join(f"{key} {value!r}" for key, value in changes))
+    notes.append(_set_amp(config, amp))
     _set(config, "LOG.PREFIX", str(prefix))
     _set(config, "EXPERIMENT.PROJECT", f"{pair.name}/{method}")
     _set(config, "EXPERIMENT.NAME", f"seed{seed}")
     _set(config, "EXPERIMENT.TAG", f"{method.lower()},{pair.teacher},{pair.student}")
     return config, notes
+
+
+def _set_amp(config: dict, amp: str | None) -> str:
+    """Write ``SLKD.AMP`` into ``config`` (``amp``, else the config's own, else slkd's default),
+    so that the precision is part of the file compared on resume; return its note."""
+    from slkd.host.config import slkd_node
+
+    node = config.setdefault("SLKD", {})
+    if not isinstance(node, dict):
+        raise BenchError(f"SLKD is {node!r} in the config: it must be a config node; remove --set SLKD")
+    if amp is not None:
+        node["AMP"] = amp
+        return f"SLKD.AMP {amp!r} (--amp)"
+    if "AMP" in node:
+        return f"SLKD.AMP {node['AMP']!r} (the config's)"
+    node["AMP"] = slkd_node().AMP
+    return f"SLKD.AMP {node['AMP']!r} (slkd's default)"
 
 
 def write_run_config(path: Path, config: dict, notes: list[str]) -> None:
@@ -101,25 +145,31 @@ def write_run_config(path: Path, config: dict, notes: list[str]) -> None:
 def protocol_differences(old: dict, new: dict) -> list[str]:
     """Keys whose values differ between two run configs, ``LOG.PREFIX`` aside (where the
     output folder sits is not part of the protocol)."""
-    flat_old, flat_new = _flatten(old), _flatten(new)
+    flat_old, flat_new = flatten(old), flatten(new)
     keys = sorted(set(flat_old) | set(flat_new))
     return [key for key in keys if key != "LOG.PREFIX" and flat_old.get(key) != flat_new.get(key)]
 
 
 def _set(config: dict, dotted: str, value) -> None:
+    """Set the value at ``dotted``, creating its nodes; refuse to overwrite a node."""
     *nodes, leaf = dotted.split(".")
-    for node in nodes:
+    for depth, node in enumerate(nodes, 1):
         config = config.setdefault(node, {})
         if not isinstance(config, dict):
-            raise BenchError(f"{dotted}: {node} is a value, not a config node")
+            parent = ".".join(nodes[:depth])
+            raise BenchError(f"{dotted}: {parent} is a value, not a config node; set {parent} itself")
+    if isinstance(config.get(leaf), dict):
+        example = next(iter(config[leaf]), "KEY")
+        raise BenchError(f"{dotted} is a config node, not a value: set its keys one by one, e.g. --set {dotted}.{example} VALUE")
     config[leaf] = copy.deepcopy(value)
 
 
-def _flatten(config: dict, prefix: str = "") -> dict:
+def flatten(config: dict, prefix: str = "") -> dict:
+    """``{"A.B": value}`` for every value of a nested config dict."""
     flat = {}
     for key, value in config.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

@@ -5,10 +5,14 @@ A run is one (pair, method, seed); its folder is ``<out>/<pair>/<method>/seed<k>
 ``LOG.PREFIX/smoke``). What a run needs is read from its folder alone:
 
 - ``done``: ``summary.json`` says ``epochs_done == epochs``; the run is skipped;
-- ``resume``: ``summary.json`` records fewer epochs and a ``latest`` checkpoint (or its
-  predecessor ``latest.prev``) exists; slkd-train continues it with ``--resume``;
-- ``start``: anything else (no folder, or no record of a finished epoch); slkd-train starts
-  it from epoch 1.
+- ``resume``: not done, and a ``latest`` checkpoint (or its predecessor ``latest.prev``)
+  exists, the record of the epochs it finished (without ``summary.json`` too: slkd-train
+  refuses to start afresh over checkpoints); slkd-train continues it with ``--resume``;
+- ``start``: anything else (no folder, or no checkpoint); slkd-train starts it from epoch 1.
+
+A run's data and device, which are options of slkd-train's command line rather than config
+keys, are read from the records slkd-train writes when it starts a run (``command.txt``,
+``environment.json``): :func:`run_options`.
 """
 
 from __future__ import annotations
@@ -63,11 +67,39 @@ def is_complete(summary: dict | None) -> bool:
     return bool(summary) and summary.get("epochs_done") is not None and summary["epochs_done"] >= summary.get("epochs", float("inf"))
 
 
+def run_options(command: str, environment: dict) -> dict:
+    """``{"data": "real" | "smoke" | "synthetic N", "device": "cpu" | "cuda"}`` of a run, from
+    its slkd-train command line and environment record (no ``--device``: cuda when the run saw
+    a GPU, as slkd-train chooses)."""
+    words = [part for word in command.split() for part in word.split("=", 1)]
+    if "--smoke" in words:
+        data = "smoke"
+    elif "--synthetic" in words[:-1]:
+        data = f"synthetic {words[words.index('--synthetic') + 1]}"
+    else:
+        data = "real"
+    device = words[words.index("--device") + 1] if "--device" in words[:-1] else ("cuda" if environment.get("gpus") else "cpu")
+    return {"data": data, "device": device}
+
+
+def recorded_options(folder: Path) -> dict:
+    """:func:`run_options` of the run in ``folder`` ({} when slkd-train left no command.txt)."""
+    try:
+        command = (Path(folder) / "command.txt").read_text()
+    except OSError:
+        return {}
+    try:
+        environment = json.loads((Path(folder) / "environment.json").read_text())
+    except (OSError, ValueError):
+        environment = {}
+    return run_options(command, environment)
+
+
 def state(folder: Path) -> str:
     """:data:`DONE`, :data:`RESUME` or :data:`START` for the run in ``folder``."""
     summary = read_summary(folder)
     if is_complete(summary):
         return DONE
-    if summary is not None and any((Path(folder) / name).is_file() for name in ("latest", "latest.prev")):
+    if any((Path(folder) / name).is_file() for name in ("latest", "latest.prev")):
         return RESUME
     return START

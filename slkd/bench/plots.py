@@ -87,7 +87,7 @@ def _curves(table, path, mpl) -> Path:
     figure, axes = _grid(len(pairs), mpl, columns=2)
     for axis, pair in zip(axes, pairs):
         for row in (row for row in table if row.pair == pair):
-            _band(axis, row.runs, "test_acc", f"{row.method} (n={row.n})")
+            _band(axis, row.runs, "test_acc", f"{row.name} (n={row.n})")
         axis.set(title=f"{pair}: test top-1, mean and min-max over seeds", xlabel="epoch", ylabel="top-1 (%)")
         axis.legend(fontsize="small")
     figure.savefig(path, dpi=120)
@@ -101,7 +101,7 @@ def _losses(table, path, mpl) -> Path:
         for term in terms:
             _band(axis, row.runs, term, term)
         _band(axis, row.runs, "train_loss", "total", style="--")
-        axis.set(title=f"{row.pair} {row.method}: training losses", xlabel="epoch", ylabel="loss (mean per image)")
+        axis.set(title=f"{row.pair} {row.name}: training losses", xlabel="epoch", ylabel="loss (mean per image)")
         axis.legend(fontsize="small")
     figure.savefig(path, dpi=120)
     return path
@@ -115,7 +115,7 @@ def _swaps(rows, path, mpl) -> Path:
         gammas = {run.config.get("SLD", {}).get("GAMMA") for run in row.runs} - {None}
         for gamma in gammas:
             axis.axvline(gamma, color="grey", linestyle=":", label=f"SLD.GAMMA = {gamma}")
-        axis.set(title=f"{row.pair} SLD: swapped training samples", xlabel="epoch", ylabel="share of samples (%)")
+        axis.set(title=f"{row.pair} {row.name}: swapped training samples", xlabel="epoch", ylabel="share of samples (%)")
         axis.legend(fontsize="small")
     figure.savefig(path, dpi=120)
     return path

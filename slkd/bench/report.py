@@ -9,6 +9,12 @@ Writes ``summary.md`` and ``summary.csv`` (per pair and method: best and last te
 mean and sample standard deviation over seeds, the protocol, seconds per epoch, peak GPU
 memory when recorded, the published number with its source) and the figures of
 :mod:`slkd.bench.plots`.
+
+Only runs with the same settings are averaged together: the whole ``config.yaml`` (but the
+keys that only place a run: the seed, ``LOG.PREFIX``, ``EXPERIMENT.*``) and the run options
+(data: real, ``--smoke`` or ``--synthetic N``; device). When the seeds of one pair and method
+differ there, each setting gets its own row, labelled with the keys that differ and their
+values, and the report says so (a warning line, and a note in ``summary.md``).
 """
 
 from __future__ import annotations
@@ -22,14 +28,15 @@ from pathlib import Path
 
 import yaml
 
-from slkd.bench.plan import is_complete, read_summary
+from slkd.bench.configs import PLACEMENT_KEYS, flatten
+from slkd.bench.plan import is_complete, read_summary, run_options
 from slkd.bench.published import SOURCES, TOP1, published
 from slkd.bench.sources import METHODS, BenchError
 
 SEED_FOLDER = re.compile(r"seed(\d+)$")
 CSV_COLUMNS = (
-    "pair", "method", "n", "seeds", "best_mean", "best_std", "last_mean", "last_std", "epochs", "views",
-    "augmentation", "data", "train_seconds_per_epoch", "eval_seconds_per_epoch", "peak_memory_mib",
+    "pair", "method", "settings", "n", "seeds", "best_mean", "best_std", "last_mean", "last_std", "epochs", "views",
+    "augmentation", "data", "amp", "train_seconds_per_epoch", "eval_seconds_per_epoch", "peak_memory_mib",
     "published", "published_source",
 )
 
@@ -65,23 +72,50 @@ class RunFolder:
         return "standard + RandAugment strong view" if self.views == 2 else "standard (crop, flip)"
 
     @property
+    def options(self) -> dict:
+        """Data and device, from slkd-train's command line and environment record."""
+        return run_options(self.command, self.environment)
+
+    @property
     def data(self) -> str:
-        words = self.command.split()
-        if "--smoke" in words:
+        mode = self.options["data"]
+        if mode == "smoke":
             return "synthetic (--smoke)"
-        if "--synthetic" in words:
-            return f"synthetic ({words[words.index('--synthetic') + 1]} images, random teacher)"
+        if mode.startswith("synthetic "):
+            return f"synthetic ({mode.split()[1]} images, random teacher)"
         dataset = self.config.get("DATASET", {}).get("TYPE", "?")
         return {"cifar100": "CIFAR-100", "imagenet": "ImageNet"}.get(dataset, dataset)
+
+    @property
+    def amp(self) -> str:
+        """``SLKD.AMP`` of the run (slkd's default, none, when its config has no SLKD node)."""
+        return str(self.config.get("SLKD", {}).get("AMP", "none"))
+
+    @property
+    def settings(self) -> dict:
+        """What must match for two runs to be averaged: the flat config but its placement
+        keys, with the run options."""
+        flat = flatten(self.config)
+        kept = {key: value for key, value in flat.items() if key not in PLACEMENT_KEYS}
+        return dict(kept, **self.options)
 
 
 @dataclass
 class Row:
-    """One line of the summary: a (pair, method) over its complete runs."""
+    """One line of the summary: a (pair, method) over its complete runs with one setting;
+    ``differing`` names the settings in which this row's runs differ from the pair and
+    method's other rows, and ``label`` gives this row's values of them."""
 
     pair: str
     method: str
     runs: list
+    differing: tuple = ()
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        """The method, with the row's label when its pair and method have several rows."""
+        return f"{self.method} [{self.label}]" if self.label else self.method
 
     @property
     def n(self) -> int:
@@ -103,6 +137,7 @@ class Row:
         return {
             "pair": self.pair,
             "method": self.method,
+            "settings": self.label,
             "n": self.n,
             "seeds": " ".join(str(run.seed) for run in self.runs),
             "best_mean": statistics.mean(best),
@@ -113,6 +148,7 @@ class Row:
             "views": self.joined("views"),
             "augmentation": self.joined("augmentation"),
             "data": self.joined("data"),
+            "amp": self.joined("amp"),
             "train_seconds_per_epoch": statistics.mean(train) if train else None,
             "eval_seconds_per_epoch": statistics.mean(evaluation) if evaluation else None,
             "peak_memory_mib": max(memory) if memory else None,
@@ -157,14 +193,54 @@ def load_runs(root: Path) -> list[RunFolder]:
 
 
 def rows(records: list[RunFolder]) -> list[Row]:
-    """One :class:`Row` per (pair, method) with complete runs, methods in the usual order."""
+    """One :class:`Row` per (pair, method) and setting with complete runs, methods in the
+    usual order."""
     groups: dict[tuple, list] = {}
     for record in records:
         if record.complete:
             groups.setdefault((record.pair, record.method), []).append(record)
     order = {method: index for index, method in enumerate(METHODS)}
     keys = sorted(groups, key=lambda key: (key[0], order.get(key[1], len(order)), key[1]))
-    return [Row(pair, method, sorted(groups[(pair, method)], key=lambda r: r.seed)) for pair, method in keys]
+    return [row for pair, method in keys for row in _rows_by_setting(pair, method, sorted(groups[(pair, method)], key=lambda r: r.seed))]
+
+
+def _rows_by_setting(pair: str, method: str, runs: list[RunFolder]) -> list[Row]:
+    """One row per distinct setting of ``runs`` (one pair and method), labelled with the
+    settings that differ when there are several."""
+    by_setting: dict[str, list] = {}
+    for run in runs:
+        by_setting.setdefault(_canonical(run.settings), []).append(run)
+    if len(by_setting) == 1:
+        return [Row(pair, method, runs)]
+    settings = [group[0].settings for group in by_setting.values()]
+    keys = sorted({key for setting in settings for key in setting})
+    differing = tuple(key for key in keys if len({_canonical([key in s, s.get(key)]) for s in settings}) > 1)
+    table = [Row(pair, method, group, differing, _label(group[0].settings, differing)) for group in by_setting.values()]
+    return sorted(table, key=lambda row: row.label)
+
+
+def _canonical(value) -> str:
+    """``value`` as a string that is equal for equal values (lists and dicts included)."""
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _label(setting: dict, keys: tuple) -> str:
+    """``KEY value, ...`` of ``keys`` in ``setting``."""
+    return ", ".join(f"{key} {_show(setting[key]) if key in setting else 'unset'}" for key in keys)
+
+
+def _show(value) -> str:
+    """A config value as a label shows it: strings bare, the rest as Python writes them."""
+    return value if isinstance(value, str) else repr(value)
+
+
+def mixed_settings(table: list[Row]) -> list[str]:
+    """A warning per pair and method whose runs were split into rows by their settings."""
+    split = {(row.pair, row.method): row.differing for row in table if row.differing}
+    return [
+        f"{pair} {method}: its runs differ in {', '.join(differing)}; not averaged together: one row per setting"
+        for (pair, method), differing in split.items()
+    ]
 
 
 def report(folder: Path, echo=print) -> list[Path]:
@@ -178,6 +254,8 @@ def report(folder: Path, echo=print) -> list[Path]:
     table = rows(records)
     if not table:
         raise BenchError(f"no complete run under {root}: each run's summary.json must record all its epochs")
+    for warning in mixed_settings(table):
+        echo(f"[slkd-bench] warning: {warning}")
     written = [write_csv(table, root / "summary.csv"), write_markdown(table, records, root / "summary.md")]
     written += plots.draw_all(table, root, tables_written=written)
     return written
@@ -200,14 +278,14 @@ def write_markdown(table: list[Row], records: list[RunFolder], path: Path) -> Pa
         "Best: the highest test top-1 over a run's epochs (what papers usually report); last: its final epoch.",
         "Published: the baselines' authors' numbers (SPEC section 6), not these runs'.",
         "",
-        "| pair | method | n | best top-1 | last top-1 | epochs | views | augmentation | data | s/epoch train | s/epoch eval | peak GPU MiB | published |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| pair | method | n | best top-1 | last top-1 | epochs | views | augmentation | data | AMP | s/epoch train | s/epoch eval | peak GPU MiB | published |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in table:
         d = row.as_dict()
         lines.append(
-            f"| {d['pair']} | {d['method']} | {d['n']} | {_mean_std(d['best_mean'], d['best_std'])} | "
-            f"{_mean_std(d['last_mean'], d['last_std'])} | {d['epochs']} | {d['views']} | {d['augmentation']} | {d['data']} | "
+            f"| {d['pair']} | {row.name} | {d['n']} | {_mean_std(d['best_mean'], d['best_std'])} | "
+            f"{_mean_std(d['last_mean'], d['last_std'])} | {d['epochs']} | {d['views']} | {d['augmentation']} | {d['data']} | {d['amp']} | "
             f"{_number(d['train_seconds_per_epoch'], '.2f')} | {_number(d['eval_seconds_per_epoch'], '.2f')} | "
             f"{_number(d['peak_memory_mib'], '.0f', 'not recorded')} | {_number(d['published'], '.2f')} |"
         )
@@ -217,7 +295,7 @@ def write_markdown(table: list[Row], records: list[RunFolder], path: Path) -> Pa
 
 
 def _notes(table: list[Row], records: list[RunFolder]) -> list[str]:
-    notes = []
+    notes = [f"not averaged together: {warning}." for warning in mixed_settings(table)]
     methods_published = [method for method in METHODS if any(row.method == method and row.as_dict()["published"] is not None for row in table)]
     for source in dict.fromkeys(SOURCES[method] for method in methods_published):
         named = [method for method in methods_published if SOURCES[method] == source]
@@ -250,7 +328,7 @@ def _machines(table: list[Row]) -> dict[str, list]:
                 f"slkd {env.get('slkd', '?')} at {env.get('slkd_commit') or 'unknown commit'}; "
                 f"host {host.get('path', '?')} at {host.get('commit') or 'unknown commit'}"
             )
-            label = f"{row.pair} {row.method}"
+            label = f"{row.pair} {row.name}"
             if label not in machines.setdefault(machine, []):
                 machines[machine].append(label)
     return machines

@@ -1,22 +1,29 @@
 """Executing a benchmark: one slkd-train subprocess per run, N at a time, resumable.
 
-Each run that is not done gets its config file (:mod:`slkd.bench.configs`) and one
-``python -m slkd.run.train --cfg <folder>/bench_config.yaml --seed <k> [...]`` process whose
-stdout and stderr go to ``<folder>/bench.log`` (appended, one header per attempt). With
-several visible GPUs each new run goes to the GPU running the fewest (the lowest index
-first: round-robin when runs take equally long) through ``CUDA_VISIBLE_DEVICES``. On CPUs,
-parallel runs share the cores (``OMP_NUM_THREADS``, unless already set). A failed run is
-reported with the end of its log and does not stop the others.
+Every run's config (:mod:`slkd.bench.configs`) is built first, so that a bad ``--set`` stops
+the benchmark before anything starts. Then, when a run's turn comes, slkd-bench claims its
+folder (an ``fcntl.flock`` on ``<folder>/bench.lock``, held until the run ends and released by
+the system when slkd-bench dies), reads the folder's state, and only then writes
+``bench_config.yaml`` and starts ``python -m slkd.run.train --cfg <folder>/bench_config.yaml
+--seed <k> [...]``, whose stdout and stderr go to ``<folder>/bench.log`` (appended, one header
+per attempt). A run finished meanwhile by another slkd-bench is skipped. With several visible
+GPUs each new run goes to the GPU running the fewest (the lowest index first: round-robin
+when runs take equally long) through ``CUDA_VISIBLE_DEVICES``. On CPUs, parallel runs share
+the cores (``OMP_NUM_THREADS``, unless already set). A failed run is reported with the end of
+its log and does not stop the others.
 
 Not touched, and reported: a run that was done or half done with a different config (other
-than where the output folder sits), so that one folder never mixes two protocols; and a run
-whose slkd-train, started by an earlier slkd-bench that was killed, still runs (its pid is
-in ``<folder>/bench.pid`` while it runs). Stopping slkd-bench (Ctrl-C, SIGTERM) stops its runs;
-run it again to continue them.
+than where the output folder sits) or other run options (``--smoke``/``--synthetic``, the
+device: slkd-train's ``command.txt`` and ``environment.json``; ``--amp`` is ``SLKD.AMP`` in
+the config), so that one folder never mixes two protocols; a run claimed by another live
+slkd-bench; and a run whose slkd-train, started by an earlier slkd-bench that was killed,
+still runs (its pid is in ``<folder>/bench.pid`` while it runs). Stopping slkd-bench (Ctrl-C,
+SIGTERM) stops its runs; run it again to continue them.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -32,6 +39,7 @@ from slkd.bench.configs import FILE_NAME, protocol_differences, run_config, writ
 
 LOG_NAME = "bench.log"
 PID_NAME = "bench.pid"  # the run's slkd-train process while it runs
+LOCK_NAME = "bench.lock"  # locked by the slkd-bench running the folder's run; holds its pid
 POLL_SECONDS = 0.2
 
 
@@ -53,11 +61,22 @@ class Options:
         """``--device``; smoke runs default to the CPU."""
         return self.device or ("cpu" if self.smoke else None)
 
+    def run_options(self) -> dict:
+        """The data and device of the runs, as :func:`slkd.bench.plan.run_options` will read
+        them from slkd-train's records (no ``--device``: cuda when torch sees a GPU)."""
+        data = "smoke" if self.smoke else ("real" if self.synthetic is None else f"synthetic {self.synthetic}")
+        device = self.device_for_runs
+        if device is None:
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return {"data": data, "device": device}
+
 
 @dataclass
 class Outcome:
     """What happened to one run: ``action`` is done (skipped), start, resume, or running
-    (left alone: an earlier slkd-bench's process still trains it)."""
+    (left alone: another slkd-bench, or an earlier one's process, trains it)."""
 
     run: planning.Run
     action: str
@@ -68,9 +87,11 @@ class Outcome:
 @dataclass
 class _Job:
     run: planning.Run
-    action: str
-    command: list
+    config: dict
     notes: list = field(default_factory=list)
+    action: str = ""
+    command: list = field(default_factory=list)
+    lock: object = None
     gpu: str | None = None
     process: subprocess.Popen | None = None
     log: object = None
@@ -78,31 +99,28 @@ class _Job:
     started: float = 0.0
 
 
+class Claimed(Exception):
+    """A run folder is locked by another slkd-bench; ``holder`` is its pid as it wrote it."""
+
+    def __init__(self, holder: str):
+        super().__init__(holder)
+        self.holder = holder
+
+
 def execute(runs: list[planning.Run], options: Options, echo=print) -> list[Outcome]:
     """Run (or, with ``dry_run``, list) every run that is not done; one outcome per run."""
-    outcomes, jobs = [], []
-    for run in runs:
-        outcome, job = _prepare(run, options)
-        if job is None:
-            outcomes.append(outcome)
-            echo(f"[slkd-bench] {run.label}: {outcome.message}")
-        else:
-            jobs.append(job)
+    jobs = [_job(run, options) for run in runs]
     if options.dry_run:
-        for job in jobs:
-            echo(f"[slkd-bench] {job.run.label}: would {job.action}: {' '.join(job.command)}")
-            echo(f"[slkd-bench]     config {'; '.join(job.notes)}")
-        return outcomes + [Outcome(job.run, job.action, True, "dry run") for job in jobs]
-    return outcomes + _launch_all(jobs, options, echo)
+        wanted = options.run_options()
+        return [_dry_run(job, options, wanted, echo) for job in jobs]
+    return _launch_all(jobs, options, echo)
 
 
 def command(config_path: Path, seed: int, options: Options, resume: bool) -> list[str]:
-    """The slkd-train command line of one run."""
+    """The slkd-train command line of one run (``--amp`` is in its config, as ``SLKD.AMP``)."""
     argv = [sys.executable, "-m", "slkd.run.train", "--cfg", str(config_path), "--seed", str(seed)]
     if options.device_for_runs:
         argv += ["--device", options.device_for_runs]
-    if options.amp:
-        argv += ["--amp", options.amp]
     if options.smoke:
         argv.append("--smoke")
     if options.synthetic is not None:
@@ -124,39 +142,137 @@ def visible_gpus(device: str | None) -> list[str]:
     return [str(index) for index in range(torch.cuda.device_count())]
 
 
-def _prepare(run: planning.Run, options: Options):
-    """``(outcome, None)`` for a run to leave alone, else ``(None, job)``."""
+def claim(folder: Path):
+    """Lock ``<folder>/bench.lock`` for this process without waiting and write its pid there;
+    return the open lock file (closing it, or the end of the process, releases the claim).
+    Raises :class:`Claimed` when another process holds it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = open(folder / LOCK_NAME, "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise Claimed(holder) from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+def _job(run: planning.Run, options: Options) -> _Job:
+    """The run's job with its config built (its folder is not looked at yet)."""
+    config, notes = run_config(
+        run.method, run.pair, run.source, prefix=run.prefix, seed=run.seed,
+        epochs=options.epochs, overrides=options.overrides, amp=options.amp,
+    )
+    return _Job(run, config, notes)
+
+
+def _claimed_by(folder: Path) -> str | None:
+    """The pid written by the process that claims ``folder`` now, None when none does (read
+    without claiming or writing anything)."""
+    try:
+        lock = open(folder / LOCK_NAME)
+    except FileNotFoundError:
+        return None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return lock.read().strip() or "unknown"
+    return None
+
+
+def _dry_run(job: _Job, options: Options, wanted: dict, echo) -> Outcome:
+    """What the run would do, read without claiming or writing anything."""
+    holder = _claimed_by(job.run.folder)
+    outcome = _claimed_outcome(job.run, holder) if holder else _decide(job, options, wanted)
+    if outcome is not None:
+        echo(f"[slkd-bench] {job.run.label}: {outcome.message}")
+        return outcome
+    echo(f"[slkd-bench] {job.run.label}: would {job.action}: {' '.join(job.command)}")
+    echo(f"[slkd-bench]     config {'; '.join(job.notes)}")
+    return Outcome(job.run, job.action, True, "dry run")
+
+
+def _claim_and_prepare(job: _Job, options: Options, wanted: dict) -> Outcome | None:
+    """Claim the run's folder, read its state and prepare it to start; an outcome (and no
+    claim kept) when the run is left alone or skipped."""
+    try:
+        job.lock = claim(job.run.folder)
+    except Claimed as claimed:
+        return _claimed_outcome(job.run, claimed.holder)
+    try:
+        outcome = _decide(job, options, wanted)
+        if outcome is None:
+            _prepare(job)
+    except BaseException:
+        job.lock.close()
+        raise
+    if outcome is not None:
+        job.lock.close()
+    return outcome
+
+
+def _prepare(job: _Job) -> None:
+    """Write the run's config; before a fresh start, drop the metrics of an unfinished attempt
+    (slkd-train appends to metrics.jsonl)."""
+    if job.action == planning.START:
+        (job.run.folder / "metrics.jsonl").unlink(missing_ok=True)
+    write_run_config(job.run.folder / FILE_NAME, job.config, job.notes)
+
+
+def _claimed_outcome(run: planning.Run, holder: str) -> Outcome:
+    return Outcome(run, "running", False, (
+        f"claimed by another slkd-bench (process {holder}): left alone; "
+        "wait for that one to finish it, then run this again"
+    ))
+
+
+def _decide(job: _Job, options: Options, wanted: dict) -> Outcome | None:
+    """Read the run's folder now: an outcome when it is left alone or done, else None with
+    ``job.action`` and ``job.command`` set."""
+    run = job.run
     running = _running_pid(run.folder)
     if running is not None:
         return Outcome(run, "running", False, (
             f"still running in process {running} (started by an earlier slkd-bench): "
             "left alone; wait for it or stop it, then run this again"
-        )), None
+        ))
     action = planning.state(run.folder)
-    config, notes = run_config(
-        run.method, run.pair, run.source, prefix=run.prefix, seed=run.seed, epochs=options.epochs, overrides=options.overrides
-    )
-    config_path = run.folder / FILE_NAME
-    if action != planning.START and config_path.is_file():
-        differences = protocol_differences(yaml.safe_load(config_path.read_text()) or {}, config)
+    if action != planning.START:
+        differences = _differences(run.folder, job.config, wanted)
         if differences:
             return Outcome(run, action, False, (
                 f"{'finished' if action == planning.DONE else 'half done'} with other settings "
                 f"({', '.join(differences)} differ from this benchmark's); left alone: use another "
                 f"--out, or delete {run.folder} to run it again"
-            )), None
+            ))
     if action == planning.DONE:
         summary = planning.read_summary(run.folder)
-        return Outcome(run, action, True, f"done ({summary['epochs_done']} epochs), skipped"), None
-    if not options.dry_run:
-        if action == planning.START:
-            # a fresh start appends to metrics.jsonl: drop the lines of an unfinished attempt
-            (run.folder / "metrics.jsonl").unlink(missing_ok=True)
-        write_run_config(config_path, config, notes)
-    return None, _Job(run, action, command(config_path, run.seed, options, action == planning.RESUME), notes)
+        return Outcome(run, action, True, f"done ({summary['epochs_done']} epochs), skipped")
+    job.action = action
+    job.command = command(run.folder / FILE_NAME, run.seed, options, action == planning.RESUME)
+    return None
+
+
+def _differences(folder: Path, config: dict, wanted: dict) -> list[str]:
+    """What differs between the run recorded in ``folder`` and the one asked: config keys
+    (from ``bench_config.yaml``, when slkd-bench wrote one) and run options (``data``,
+    ``device``, from slkd-train's records)."""
+    config_path = folder / FILE_NAME
+    differences = []
+    if config_path.is_file():
+        differences = protocol_differences(yaml.safe_load(config_path.read_text()) or {}, config)
+    recorded = planning.recorded_options(folder)
+    return differences + [key for key in wanted if recorded.get(key) != wanted[key]]
 
 
 def _launch_all(jobs: list[_Job], options: Options, echo) -> list[Outcome]:
+    """Claim, prepare and run the jobs, ``options.parallel`` at a time, in order."""
+    wanted = options.run_options() if jobs else {}
     gpus = visible_gpus(options.device_for_runs) if jobs else []
     spread = len(gpus) > 1
     load = {gpu: 0 for gpu in gpus}
@@ -168,34 +284,45 @@ def _launch_all(jobs: list[_Job], options: Options, echo) -> list[Outcome]:
         while pending or running:
             while pending and len(running) < options.parallel:
                 job = pending.popleft()
+                outcome = _claim_and_prepare(job, options, wanted)
+                if outcome is not None:
+                    outcomes.append(outcome)
+                    echo(f"[slkd-bench] {job.run.label}: {outcome.message}")
+                    continue
                 if spread:
                     job.gpu = min(gpus, key=lambda gpu: (load[gpu], gpus.index(gpu)))
                     load[job.gpu] += 1
                 running.append(job)
                 _start(job, env, echo)
-            time.sleep(POLL_SECONDS)
+            time.sleep(POLL_SECONDS if running else 0)
             for job in [job for job in running if job.process.poll() is not None]:
                 running.remove(job)
                 if spread:
                     load[job.gpu] -= 1
                 outcomes.append(_finish(job, echo))
     except BaseException:
-        started = [job for job in running if job.process is not None]
-        for job in started:
-            job.process.terminate()
-        for job in started:
-            try:
-                job.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                job.process.kill()
-            job.log.close()
-            (job.run.folder / PID_NAME).unlink(missing_ok=True)
+        _stop(running)
         raise
     return outcomes
 
 
+def _stop(running: list[_Job]) -> None:
+    """Stop the started runs, and give up their claims."""
+    started = [job for job in running if job.process is not None]
+    for job in started:
+        job.process.terminate()
+    for job in started:
+        try:
+            job.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            job.process.kill()
+        job.log.close()
+        (job.run.folder / PID_NAME).unlink(missing_ok=True)
+    for job in running:
+        job.lock.close()
+
+
 def _start(job: _Job, env: dict, echo) -> None:
-    job.run.folder.mkdir(parents=True, exist_ok=True)
     job.log = open(job.run.folder / LOG_NAME, "a")
     job.log.write(f"=== slkd-bench {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(job.command)}\n")
     job.log.flush()
@@ -221,6 +348,7 @@ def _finish(job: _Job, echo) -> Outcome:
     else:
         outcome = Outcome(job.run, job.action, False, f"slkd-train exited {code}: {_log_tail(job)}; log {job.run.folder / LOG_NAME}")
     (job.run.folder / PID_NAME).unlink(missing_ok=True)
+    job.lock.close()
     echo(f"[slkd-bench] {job.run.label}: {'' if outcome.ok else 'FAILED: '}{outcome.message}")
     return outcome
 
