@@ -9,8 +9,16 @@ from slkd.host.data import DatasetMissing
 from slkd.host.models import ModelError
 from slkd.host.registry import HostNotFound, RegistrationConflict
 from slkd.host.trainer import NonFiniteLoss
-from slkd.run.train import UsageError
 from slkd.utils.checkpoint import CheckpointError
+
+
+class UsageError(RuntimeError):
+    """A command line that cannot run; the message says what to change.
+
+    Defined here, not in :mod:`slkd.run.train`: under ``python -m slkd.run.train`` that module
+    runs as ``__main__``, and a class of its own would not be the one ``KNOWN_ERRORS`` holds.
+    """
+
 
 KNOWN_ERRORS = (
     ConfigError,

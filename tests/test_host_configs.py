@@ -349,3 +349,87 @@ def test_validate_sld_no_warning_without_student_swap(fresh_cfg):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         validate_sld(_sld_cfg(fresh_cfg, GAMMA=240, STUDENT_SWAP=False))
+
+
+# --------------------------------------------------------------------------- validate_run_options
+@pytest.mark.parametrize(
+    "key, value, fragment",
+    [
+        ("SOLVER.EPOCHS", 0, "SOLVER.EPOCHS is 0: it must be an integer >= 1"),
+        ("SOLVER.BATCH_SIZE", 0, "SOLVER.BATCH_SIZE is 0: it must be an integer >= 1"),
+        ("SOLVER.BATCH_SIZE", -8, "SOLVER.BATCH_SIZE is -8: it must be an integer >= 1"),
+        ("DATASET.TEST.BATCH_SIZE", 0, "DATASET.TEST.BATCH_SIZE is 0: it must be an integer >= 1"),
+        ("SOLVER.LR", -1.0, "SOLVER.LR is -1.0: it must be a number > 0"),
+        ("SOLVER.LR", 0.0, "SOLVER.LR is 0.0: it must be a number > 0"),
+        ("SOLVER.LR", float("nan"), "SOLVER.LR is nan: it must be a number > 0"),
+        ("SOLVER.LR_DECAY_RATE", 0.0, r"SOLVER.LR_DECAY_RATE is 0.0: it must be a number in (0, 1]"),
+        ("SOLVER.LR_DECAY_RATE", 2.0, r"SOLVER.LR_DECAY_RATE is 2.0: it must be a number in (0, 1]"),
+        ("SOLVER.MOMENTUM", -0.5, "SOLVER.MOMENTUM is -0.5: it must be a number in [0, 1)"),
+        ("SOLVER.MOMENTUM", 1.0, "SOLVER.MOMENTUM is 1.0: it must be a number in [0, 1)"),
+        ("SOLVER.WEIGHT_DECAY", -1e-4, "SOLVER.WEIGHT_DECAY is -0.0001: it must be a number >= 0"),
+        ("LOG.SAVE_CHECKPOINT_FREQ", 0, "LOG.SAVE_CHECKPOINT_FREQ is 0: it must be an integer >= 1"),
+        ("SLKD.EVAL_FREQ", 0, "SLKD.EVAL_FREQ is 0: it must be an integer >= 1"),
+        ("SLKD.LOADER.WORKERS", -2, "SLKD.LOADER.WORKERS is -2: it must be an integer >= -1"),
+        ("SLKD.LOADER.PREFETCH", 0, "SLKD.LOADER.PREFETCH is 0: it must be an integer >= 1"),
+        ("SLKD.LOADER.PREFETCH", -1, "SLKD.LOADER.PREFETCH is -1: it must be an integer >= 1"),
+        ("SOLVER.EPOCHS", True, "SOLVER.EPOCHS is True: it must be an integer >= 1"),
+        ("SOLVER.LR_DECAY_STAGES", [1, "a"], r"SOLVER.LR_DECAY_STAGES is [1, 'a']: it must be a list of epochs"),
+        ("SOLVER.LR_DECAY_STAGES", [150.5], r"SOLVER.LR_DECAY_STAGES is [150.5]: it must be a list of epochs"),
+        ("SOLVER.LR_DECAY_STAGES", [-1], r"SOLVER.LR_DECAY_STAGES is [-1]: it must be a list of epochs"),
+    ],
+)
+@needs_host
+def test_validate_run_options_rejects_out_of_range_numbers(fresh_cfg, key, value, fragment):
+    """One message naming the key, the value and the allowed range (set here directly, as a
+    config file of another type or a trainer built outside slkd-train could)."""
+    from slkd.host.config import ConfigError, validate_run_options
+
+    node, name = fresh_cfg, key
+    while "." in name:
+        head, name = name.split(".", 1)
+        node = node[head]
+    node[name] = value
+    with pytest.raises(ConfigError) as caught:
+        validate_run_options(fresh_cfg)
+    assert str(caught.value).startswith(fragment)
+
+
+@needs_host
+def test_validate_run_options_accepts_the_edges_of_each_range(host):
+    from slkd.host.config import validate_run_options
+
+    cfg = _load(host, RES8X4, [
+        "SOLVER.EPOCHS", "1", "SOLVER.BATCH_SIZE", "1", "DATASET.TEST.BATCH_SIZE", "1", "SOLVER.LR_DECAY_RATE", "1.0",
+        "SOLVER.MOMENTUM", "0.0", "SOLVER.WEIGHT_DECAY", "0.0", "SOLVER.LR_DECAY_STAGES", "[]",
+        "LOG.SAVE_CHECKPOINT_FREQ", "1", "SLKD.LOADER.WORKERS", "-1", "SLKD.LOADER.PREFETCH", "1",
+    ])
+    validate_run_options(cfg)
+    cfg.SOLVER.LR_DECAY_STAGES = [0, 1]
+    validate_run_options(cfg)
+
+
+# --------------------------------------------------------------------------- validate_trainer
+@needs_host
+@pytest.mark.parametrize("trainer", ["slkd", "base", "crd", "ours"])
+def test_validate_trainer_accepts_slkd_and_loop_only_trainers(fresh_cfg, trainer):
+    from slkd.host.config import validate_trainer
+
+    fresh_cfg.SOLVER.TRAINER = trainer
+    validate_trainer(fresh_cfg)
+
+
+@needs_host
+@pytest.mark.parametrize(
+    "trainer, fragment",
+    [
+        ("dot", r"SOLVER.TRAINER 'dot' trains with DOT's optimizer .*SOLVER.DOT.DELTA.*mdistiller's own tools/train.py"),
+        ("crd_dot", r"SOLVER.TRAINER 'crd_dot' trains with DOT's optimizer .*mdistiller's own tools/train.py"),
+        ("aug", r"SOLVER.TRAINER 'aug' is not a trainer slkd-train can run: use slkd"),
+    ],
+)
+def test_validate_trainer_refuses_what_changes_the_method(fresh_cfg, trainer, fragment):
+    from slkd.host.config import ConfigError, validate_trainer
+
+    fresh_cfg.SOLVER.TRAINER = trainer
+    with pytest.raises(ConfigError, match=fragment):
+        validate_trainer(fresh_cfg)

@@ -345,3 +345,102 @@ def test_cuda_graphs_without_a_gpu_is_one_line(host, in_tmp, capsys):
     line = _one_line_error(capsys, _main(SMOKE + ["--cuda-graphs"]))
     assert "SLKD.CUDA_GRAPHS records CUDA graphs, this run is on cpu" in line and "--cuda-graphs" in line
     assert not Path("output").exists()
+
+
+# --------------------------------------------------------------------------- SOLVER.TRAINER
+@pytest.mark.host
+@pytest.mark.parametrize("trainer", ["dot", "crd_dot"])
+def test_dot_trainers_are_refused_not_replaced(host, in_tmp, capsys, trainer):
+    """DOT's trainers bring their own optimizer (SOLVER.DOT.DELTA): slkd's trainer would
+    silently train plain KD in their place."""
+    line = _one_line_error(capsys, _main(SMOKE + ["SOLVER.TRAINER", trainer]))
+    assert f"SOLVER.TRAINER {trainer!r}" in line and "SOLVER.DOT.DELTA" in line
+    assert "mdistiller's own tools/train.py" in line
+    assert not Path("output").exists()
+
+
+@pytest.mark.host
+def test_unknown_trainer_is_refused(host, in_tmp, capsys):
+    line = _one_line_error(capsys, _main(SMOKE + ["SOLVER.TRAINER", "aug"]))
+    assert "SOLVER.TRAINER 'aug'" in line and "slkd" in line and "tools/train.py" in line
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("trainer", ["base", "crd", "ours"])
+def test_loop_only_trainers_are_replaced_by_slkds(host, capsys, trainer):
+    from slkd.run.train import build_config, parse_args
+
+    args = parse_args(["--cfg", RES8X4, "SOLVER.TRAINER", trainer, "SLD.STRONG_VIEW", "False"])
+    assert build_config(args, host.cfg).SOLVER.TRAINER == "slkd"
+    assert f"SOLVER.TRAINER {trainer!r} -> 'slkd'" in capsys.readouterr().out
+
+
+@pytest.mark.host
+def test_the_forks_ours_config_feeds_its_distiller_two_views(host, in_tmp, capsys):
+    """The MLKD fork's KD_ours takes (image_weak, image_strong) from the fork's ``ours``
+    trainer; slkd's trainer in its place must feed it two views too."""
+    config = Path(host.package.__file__).resolve().parents[1] / "configs" / "cifar100" / "ours" / "res56_res20.yaml"
+    if "KD_ours" not in host.distiller_dict or not config.is_file():
+        pytest.skip("the host is not the MLKD fork (no KD_ours and its configs)")
+    code = _main(["--cfg", str(config), "--smoke", "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-2000:]
+    assert "epoch 2/2" in captured.out
+    summary = json.loads(next(Path("output").rglob("summary.json")).read_text())
+    assert summary["views"] == 2
+
+
+# --------------------------------------------------------------------------- bad numbers, late flags
+@pytest.mark.host
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        (["LOG.SAVE_CHECKPOINT_FREQ", "0"], "LOG.SAVE_CHECKPOINT_FREQ is 0: it must be an integer >= 1"),
+        (["SOLVER.EPOCHS", "0"], "SOLVER.EPOCHS is 0: it must be an integer >= 1"),  # before --smoke sets 2
+        (["SLKD.LOADER.WORKERS", "-2"], "SLKD.LOADER.WORKERS is -2: it must be an integer >= -1"),
+        (["SOLVER.LR_DECAY_STAGES", "[1, 'a']"], "SOLVER.LR_DECAY_STAGES is [1, 'a']"),
+    ],
+)
+def test_bad_number_is_one_line_before_anything_runs(host, in_tmp, capsys, override, fragment):
+    line = _one_line_error(capsys, _main(SMOKE + override))
+    assert fragment in line
+    assert not Path("output").exists()
+
+
+@pytest.mark.parametrize("flag", [["--amp", "bf16"], ["--cuda-graphs"], ["--seed=3"]])
+def test_flag_after_the_overrides_says_where_flags_go(in_tmp, capsys, flag):
+    line = _one_line_error(capsys, _main(SMOKE + ["SLD.GAMMA", "100", *flag]))
+    assert f"{flag[0]} comes after the KEY VALUE overrides: put flags before them" in line
+
+
+def test_negative_override_value_is_not_taken_for_a_flag():
+    from slkd.run.train import parse_args
+
+    assert parse_args(["--cfg", RES8X4, "SOLVER.LR", "-1.0"]).opts == ["SOLVER.LR", "-1.0"]
+
+
+# --------------------------------------------------------------------------- python -m
+def _python_m_error(cwd, argv):
+    """``python -m slkd.run.train ARGV`` (the README's torchrun form), which must exit 1 with
+    one ``slkd-train: error:`` line: there the module runs as ``__main__``."""
+    result = subprocess.run(
+        [sys.executable, "-m", "slkd.run.train", *argv], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr[-2000:]
+    assert not (cwd / "output").exists()
+    return result.stderr.strip()
+
+
+def test_python_m_prints_a_usage_error_as_one_line(tmp_path):
+    line = _python_m_error(tmp_path, SMOKE + ["SLD.GAMMA", "100", "--amp", "bf16"])
+    assert line.startswith("slkd-train: error: --amp comes after the KEY VALUE overrides")
+
+
+@pytest.mark.host
+def test_python_m_cuda_without_gpu_is_one_line(host, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: --device cuda is valid here")
+    line = _python_m_error(tmp_path, ["--cfg", RES8X4, "--device", "cuda"])
+    assert line.startswith("slkd-train: error: --device cuda was asked for but torch sees no GPU here")

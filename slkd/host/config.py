@@ -26,6 +26,7 @@ Nodes added to mdistiller's ``CFG`` by :func:`slkd.register`:
 from __future__ import annotations
 
 import difflib
+import math
 import warnings
 from pathlib import Path
 
@@ -49,6 +50,29 @@ AMP_MODES = ("none", "bf16", "fp16")
 
 # Trainers that feed two views per batch: slkd's, and the MLKD fork's "ours".
 TWO_VIEW_TRAINERS = ("slkd", "ours")
+
+# Host trainers that differ from slkd's only in how the loop feeds the batches (one view,
+# CRD's contrastive indices, two views): slkd-train runs their configs with slkd's trainer.
+LOOP_ONLY_TRAINERS = ("base", "crd", "ours")
+
+# Host trainers that change the method itself (DOT's optimizer, upstream mdistiller); slkd's
+# trainer cannot stand in for them.
+DOT_TRAINERS = ("dot", "crd_dot")
+
+# Numbers checked before a run: key, type (int, or float which takes ints too), test, allowed range.
+NUMERIC_RANGES = (
+    ("SOLVER.EPOCHS", int, lambda v: v >= 1, ">= 1"),
+    ("SOLVER.BATCH_SIZE", int, lambda v: v >= 1, ">= 1"),
+    ("DATASET.TEST.BATCH_SIZE", int, lambda v: v >= 1, ">= 1"),
+    ("SOLVER.LR", float, lambda v: v > 0, "> 0"),
+    ("SOLVER.LR_DECAY_RATE", float, lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("SOLVER.MOMENTUM", float, lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("SOLVER.WEIGHT_DECAY", float, lambda v: v >= 0, ">= 0"),
+    ("LOG.SAVE_CHECKPOINT_FREQ", int, lambda v: v >= 1, ">= 1"),
+    ("SLKD.EVAL_FREQ", int, lambda v: v >= 1, ">= 1"),
+    ("SLKD.LOADER.WORKERS", int, lambda v: v >= -1, ">= -1 (-1: sized to the machine)"),
+    ("SLKD.LOADER.PREFETCH", int, lambda v: v >= 1, ">= 1"),
+)
 
 
 class ConfigError(ValueError):
@@ -112,18 +136,65 @@ def validate_sld(cfg: CN) -> None:
         )
 
 
+def validate_trainer(cfg: CN) -> None:
+    """Raise :class:`ConfigError` unless slkd's trainer can run ``SOLVER.TRAINER``'s method:
+    it is ``slkd`` or one of :data:`LOOP_ONLY_TRAINERS`."""
+    name = cfg.SOLVER.TRAINER
+    if name == "slkd" or name in LOOP_ONLY_TRAINERS:
+        return
+    if name in DOT_TRAINERS:
+        raise ConfigError(
+            f"SOLVER.TRAINER {name!r} trains with DOT's optimizer (two momenta, SOLVER.DOT.DELTA), "
+            "which slkd's trainer does not have: run this config with mdistiller's own tools/train.py"
+        )
+    raise ConfigError(
+        f"SOLVER.TRAINER {name!r} is not a trainer slkd-train can run: use slkd (or "
+        f"{', '.join(LOOP_ONLY_TRAINERS)}, run with slkd's trainer), or mdistiller's own tools/train.py"
+    )
+
+
 def validate_run_options(cfg: CN) -> None:
-    """Raise :class:`ConfigError` for bad ``SLKD`` run options."""
+    """Raise :class:`ConfigError` for bad run options: ``SLKD``'s, and the numbers of
+    :data:`NUMERIC_RANGES` and ``SOLVER.LR_DECAY_STAGES``, before anything trains."""
     if cfg.SLKD.AMP not in AMP_MODES:
         raise ConfigError(f"SLKD.AMP is {cfg.SLKD.AMP!r}: choose one of {', '.join(AMP_MODES)}")
-    if cfg.SLKD.EVAL_FREQ < 1:
-        raise ConfigError(f"SLKD.EVAL_FREQ is {cfg.SLKD.EVAL_FREQ}: it must be 1 or more")
+    for key, kind, test, allowed in NUMERIC_RANGES:
+        _check_number(key, _value_at(cfg, key), kind, test, allowed)
+    _check_decay_stages(cfg.SOLVER.LR_DECAY_STAGES)
     if cfg.SLKD.FUSED_LOSS:
         from slkd.losses.sld_fused import fused_available
 
         reason = fused_available()
         if reason:
             raise ConfigError(f"SLKD.FUSED_LOSS is True but {reason}; or set SLKD.FUSED_LOSS False")
+
+
+def _value_at(cfg: CN, key: str):
+    """The value of the dotted ``key`` in ``cfg``."""
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _check_number(key: str, value, kind: type, test, allowed: str) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is a finite ``kind`` (an int counts as a
+    float) for which ``test`` holds."""
+    kinds = (int,) if kind is int else (int, float)
+    words = "an integer" if kind is int else "a number"
+    finite = not isinstance(value, float) or math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not finite or not test(value):
+        raise ConfigError(f"{key} is {value!r}: it must be {words} {allowed}")
+
+
+def _check_decay_stages(stages) -> None:
+    """Raise :class:`ConfigError` unless ``stages`` is a list of epoch numbers (integers >= 0)."""
+    if not isinstance(stages, (list, tuple)) or not all(
+        isinstance(stage, int) and not isinstance(stage, bool) and stage >= 0 for stage in stages
+    ):
+        raise ConfigError(
+            f"SOLVER.LR_DECAY_STAGES is {stages!r}: it must be a list of epochs, integers >= 0, e.g. [150, 180, 210]"
+        )
 
 
 def load_config(base: CN, path: str | Path | None, opts: list[str]) -> CN:

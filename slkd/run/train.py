@@ -7,7 +7,10 @@ The grammar is that of mdistiller's ``tools/train.py`` (``--cfg``, ``--resume``,
 ``KEY VALUE`` overrides), so its configs and habits carry over; no patch and no
 ``tools/train.py`` are needed. Under ``torchrun`` it trains with DistributedDataParallel
 (``python -m slkd.run.train`` works too). Every method (KD, DKD, CRD, MLKD, SLD, ...) runs
-through slkd's trainer, whatever ``SOLVER.TRAINER`` says, so all see the same loop.
+through slkd's trainer, so all see the same loop: a config's host trainer that only feeds the
+batches differently (``base``, ``crd``, ``ours``) is replaced by it; one that changes the
+method (DOT's ``dot`` and ``crd_dot``, with their own optimizer) is refused, for mdistiller's
+own ``tools/train.py`` to run.
 
 ``--smoke`` runs the real loop for two short epochs (the second past ``SLD.GAMMA``) and one
 evaluation per epoch on synthetic CIFAR-shaped data with a randomly initialised teacher: a
@@ -21,21 +24,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import inspect
 import os
 import sys
 import warnings
 
 import torch
 
+from slkd.errors import UsageError
+
 SMOKE_ITERATIONS = 2
 SMOKE_BATCH = 8
 SMOKE_TEST_IMAGES = 32
 SYNTHETIC_TEST_IMAGES = 10000
 CALIBRATION_IMAGES = 256
-
-
-class UsageError(RuntimeError):
-    """A command line that cannot run; the message says what to change."""
 
 
 def parse_args(argv=None):
@@ -53,12 +55,25 @@ def parse_args(argv=None):
     parser.add_argument("--cuda-graphs", action="store_true", help="sets SLKD.CUDA_GRAPHS (the training step replayed as one CUDA graph)")
     parser.add_argument("--wandb", action="store_true", help="log to Weights & Biases (off by default)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    _check_no_flag_in_overrides(args.opts)
+    return args
+
+
+def _check_no_flag_in_overrides(opts) -> None:
+    """argparse takes everything after the first ``KEY VALUE`` override as overrides; a
+    ``--flag`` there would otherwise be reported as a config key or an odd pair."""
+    flags = [item for item in opts if item.startswith("--") and item[2:3].isalpha()]
+    if flags:
+        raise UsageError(
+            f"{flags[0]} comes after the KEY VALUE overrides: put flags before them "
+            f"(slkd-train --cfg FILE {flags[0]} ... KEY VALUE ...)"
+        )
 
 
 def build_config(args, host_cfg):
     """The merged, validated config for ``args``."""
-    from slkd.host.config import load_config, validate_run_options, validate_sld
+    from slkd.host.config import load_config, validate_run_options, validate_sld, validate_trainer
 
     cfg = load_config(host_cfg, args.cfg or None, list(args.opts))
     if args.seed is not None:
@@ -74,12 +89,13 @@ def build_config(args, host_cfg):
     if args.cuda_graphs:
         cfg.SLKD.CUDA_GRAPHS = True
     cfg.LOG.WANDB = bool(args.wandb)
+    validate_run_options(cfg)  # the values as given, before --smoke shrinks them
+    validate_trainer(cfg)
     if cfg.SOLVER.TRAINER != "slkd":
-        print(f"[slkd] SOLVER.TRAINER {cfg.SOLVER.TRAINER!r} -> 'slkd': slkd-train runs every method with slkd's trainer", flush=True)
+        print(f"[slkd] SOLVER.TRAINER {cfg.SOLVER.TRAINER!r} -> 'slkd': the same method, run with slkd's trainer", flush=True)
         cfg.SOLVER.TRAINER = "slkd"
     if args.smoke:
         _shrink_for_smoke(cfg)
-    validate_run_options(cfg)
     if cfg.DISTILLER.TYPE == "SLD":
         validate_sld(cfg)
     cfg.freeze()
@@ -187,7 +203,17 @@ def build_distiller(host, cfg, num_classes: int, synthetic: bool, num_data: int,
     if cfg.DISTILLER.TYPE == "CRD":
         with _crd_sampler_kept_on_cpu(distiller_class, device_type):
             return distiller_class(student, teacher, cfg, num_data)
-    return distiller_class(student, teacher, cfg)
+    distiller = distiller_class(student, teacher, cfg)
+    _ask_for_two_views(distiller)
+    return distiller
+
+
+def _ask_for_two_views(distiller) -> None:
+    """slkd's trainer feeds a distiller the views its ``num_views`` asks for, one when it says
+    nothing. A host distiller that takes ``image_strong`` without saying so (the MLKD fork's
+    ``KD_ours``, fed two views by the fork's ``ours`` trainer) is told to take two."""
+    if not hasattr(distiller, "num_views") and "image_strong" in inspect.signature(distiller.forward_train).parameters:
+        distiller.num_views = 2
 
 
 @contextlib.contextmanager
