@@ -174,6 +174,22 @@ def test_resume_of_a_finished_run_has_nothing_to_do(smoke_run, capsys):
     assert len(lines) == 2
 
 
+@pytest.mark.host
+def test_a_second_smoke_run_replaces_the_first_and_a_synthetic_run_is_not_overwritten(host, in_tmp, capsys):
+    """A smoke run's folder is disposable; any other run's checkpoints are kept from a fresh
+    start that would write over them."""
+    assert _main(SMOKE) == 0
+    first = (RUN_FOLDER / "environment.json").stat().st_mtime_ns
+    assert _main(SMOKE) == 0
+    assert (RUN_FOLDER / "environment.json").stat().st_mtime_ns != first
+    assert len((RUN_FOLDER / "metrics.jsonl").read_text().splitlines()) == 2
+    synthetic = ["--cfg", RES8X4, "--synthetic", "16", "--device", "cpu", "SOLVER.EPOCHS", "1", "SOLVER.BATCH_SIZE", "8", "DATASET.TEST.BATCH_SIZE", "8", "SLKD.LOADER.WORKERS", "0"]
+    assert _main(synthetic) == 0
+    capsys.readouterr()
+    line = _one_line_error(capsys, _main(synthetic))
+    assert "holds the checkpoints of an earlier run: continue it with --resume" in line
+
+
 # --------------------------------------------------------------------------- errors
 @pytest.mark.host
 def test_resume_without_a_run_folder(host, in_tmp, capsys):

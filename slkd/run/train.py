@@ -26,6 +26,7 @@ import contextlib
 import importlib
 import inspect
 import os
+import shutil
 import sys
 import warnings
 
@@ -246,8 +247,12 @@ def run(argv=None) -> float:
     cfg = build_config(args, host.cfg)
     device_type = resolve_device(args.device)
     configure_backends(cfg, device_type)
-    context = distributed.init(device_type)
     name = experiment_name(cfg, list(args.opts))
+    if args.smoke and not args.resume:
+        # a smoke run's folder (under LOG.PREFIX/smoke) is disposable: a fresh one replaces it.
+        # Every process clears it before they meet in the process group, so none writes first.
+        shutil.rmtree(os.path.join(cfg.LOG.PREFIX, name), ignore_errors=True)
+    context = distributed.init(device_type)
     try:
         if args.resume:
             _check_resumable(os.path.join(cfg.LOG.PREFIX, name))
