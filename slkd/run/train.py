@@ -26,7 +26,6 @@ import contextlib
 import importlib
 import inspect
 import os
-import shutil
 import sys
 import warnings
 
@@ -249,9 +248,11 @@ def run(argv=None) -> float:
     configure_backends(cfg, device_type)
     name = experiment_name(cfg, list(args.opts))
     if args.smoke and not args.resume:
-        # a smoke run's folder (under LOG.PREFIX/smoke) is disposable: a fresh one replaces it.
-        # Every process clears it before they meet in the process group, so none writes first.
-        shutil.rmtree(os.path.join(cfg.LOG.PREFIX, name), ignore_errors=True)
+        # a smoke run (under LOG.PREFIX/smoke) is disposable: a fresh one replaces the last one,
+        # whose checkpoints every process drops before they meet in the process group
+        for checkpoint_name in ("latest", "latest.prev"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(cfg.LOG.PREFIX, name, checkpoint_name))
     context = distributed.init(device_type)
     try:
         if args.resume:
