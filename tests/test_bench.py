@@ -130,6 +130,22 @@ def test_published_numbers_sit_beside_the_right_methods(written):
     assert "78.28" in md and "MLKD+LS" in md, "MLKD+LS is named in a note, not run"
 
 
+def test_runs_that_differ_only_in_how_they_ran_are_averaged_together(tmp_path):
+    """Loader workers, evaluation frequency, the exact opt-in modes: the same training."""
+    pair = "res32x4_res8x4"
+    for seed, best in enumerate([70.0, 72.0]):
+        folder = write_run(tmp_path, pair, "KD", seed, best, best)
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        config["SLKD"].update(LOADER={"WORKERS": 4 + seed}, EVAL_FREQ=1 + seed, CUDA_GRAPHS=bool(seed))
+        config["DATASET"]["NUM_WORKERS"] = seed
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    warnings = []
+    report(tmp_path, echo=warnings.append)
+    row = read_csv(tmp_path / "summary.csv")[(pair, "KD")]
+    assert (row["n"], row["seeds"], float(row["best_mean"])) == ("2", "0 1", 71.0)
+    assert not [line for line in warnings if "not averaged together" in line]
+
+
 def test_runs_with_other_settings_are_not_averaged_together(tmp_path):
     pair = "res32x4_res8x4"
     for seed, best in enumerate([70.0, 72.0]):

@@ -158,3 +158,38 @@ class _Memory(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.register_buffer("bank", torch.zeros(4, 8))
+
+
+def _average_worker(rank, world, port, out):
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    import torch.distributed as dist
+    from types import SimpleNamespace
+
+    from slkd.host.trainer import SLKDTrainer
+    from slkd.utils.distributed import DistContext
+
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        used_by_all, used_by_rank0, unused = (torch.nn.Parameter(torch.zeros(2, 3)) for _ in range(3))
+        used_by_all.grad = torch.full((2, 3), float(rank + 1))
+        if rank == 0:
+            used_by_rank0.grad = torch.full((2, 3), 4.0)
+        trainer = SimpleNamespace(
+            context=DistContext(rank=rank, world_size=world), device=torch.device("cpu"),
+            extra_parameters=[used_by_all, used_by_rank0, unused],
+        )  # fmt: skip
+        SLKDTrainer._average_extra_gradients(trainer)
+        torch.save([None if p.grad is None else p.grad for p in trainer.extra_parameters], f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gradients_beside_the_student_average_as_one_process_would(tmp_path):
+    """A parameter one process has no gradient for adds zeros there; one no process has a
+    gradient for keeps none (the optimizer skips it, as in one process)."""
+    mp.start_processes(_average_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    for rank in (0, 1):
+        everywhere, rank0_only, nowhere = torch.load(tmp_path / f"rank{rank}.pt")
+        assert torch.equal(everywhere, torch.full((2, 3), 1.5))
+        assert torch.equal(rank0_only, torch.full((2, 3), 2.0))
+        assert nowhere is None

@@ -130,7 +130,7 @@ def test_resume_refuses_changed_settings_and_names_them(tmp_path):
     tiny_trainer(tiny_cfg(tmp_path, epochs=1)).train()
     changed = tiny_cfg(tmp_path, epochs=2, seed=3)
     changed.SLKD.AMP = "bf16"
-    with pytest.raises(ConfigError, match=r"other settings: SLKD.AMP none \(now bf16\); SLKD.SEED 0 \(now 3\)\. Resume it with its own"):
+    with pytest.raises(ConfigError, match=r"other settings: SLKD.AMP none \(now bf16\); SLKD.SEED 0 \(now 3\)\. Resume it with the command that started it \(in .*command.txt\) plus --resume"):
         tiny_trainer(changed).train(resume=True)
     assert [line["epoch"] for line in metrics(tmp_path)] == [1]
     # how the run is executed, and its length, may change

@@ -31,6 +31,7 @@ from pathlib import Path
 import yaml
 
 from slkd.bench.sources import BenchError, Pair
+from slkd.utils.settings import flatten
 
 FILE_NAME = "bench_config.yaml"
 
@@ -162,17 +163,6 @@ def _set(config: dict, dotted: str, value) -> None:
         example = next(iter(config[leaf]), "KEY")
         raise BenchError(f"{dotted} is a config node, not a value: set its keys one by one, e.g. --set {dotted}.{example} VALUE")
     config[leaf] = copy.deepcopy(value)
-
-
-def flatten(config: dict, prefix: str = "") -> dict:
-    """``{"A.B": value}`` for every value of a nested config dict."""
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 @functools.lru_cache(maxsize=None)

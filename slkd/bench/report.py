@@ -11,7 +11,8 @@ memory when recorded, the published number with its source) and the figures of
 :mod:`slkd.bench.plots`.
 
 Only runs with the same settings are averaged together: the whole ``config.yaml`` (but the
-keys that only place a run: the seed, ``LOG.PREFIX``, ``EXPERIMENT.*``) and the run options
+keys that only place a run: the seed, ``LOG.PREFIX``, ``EXPERIMENT.*``, and those that only
+say how it is executed: loader, evaluation frequency, the exact opt-in modes) and the run options
 (data: real, ``--smoke`` or ``--synthetic N``; device). When the seeds of one pair and method
 differ there, each setting gets its own row, labelled with the keys that differ and their
 values, and the report says so (a warning line, and a note in ``summary.md``).
@@ -28,10 +29,11 @@ from pathlib import Path
 
 import yaml
 
-from slkd.bench.configs import PLACEMENT_KEYS, flatten
+from slkd.bench.configs import PLACEMENT_KEYS
 from slkd.bench.plan import is_complete, read_summary, run_options
 from slkd.bench.published import SOURCES, TOP1, published
 from slkd.bench.sources import METHODS, BenchError
+from slkd.utils.settings import EXECUTION_KEYS, flatten, is_under
 
 SEED_FOLDER = re.compile(r"seed(\d+)$")
 CSV_COLUMNS = (
@@ -94,9 +96,11 @@ class RunFolder:
     @property
     def settings(self) -> dict:
         """What must match for two runs to be averaged: the flat config but its placement
-        keys, with the run options."""
+        keys and the keys that only say how a run is executed (loader, evaluation frequency,
+        exact opt-in modes, ...: :data:`slkd.utils.settings.EXECUTION_KEYS`), with the run
+        options."""
         flat = flatten(self.config)
-        kept = {key: value for key, value in flat.items() if key not in PLACEMENT_KEYS}
+        kept = {key: value for key, value in flat.items() if key not in PLACEMENT_KEYS and not is_under(key, EXECUTION_KEYS)}
         return dict(kept, **self.options)
 
 

@@ -32,18 +32,15 @@ from slkd.host import data, graphs, optim
 from slkd.host.config import ConfigError, validate_run_options
 from slkd.utils import checkpoint
 from slkd.utils.distributed import DistContext, all_reduce_sum
-from slkd.utils.records import RunRecord, changed_settings, environment
+from slkd.utils.records import RunRecord, environment
+from slkd.utils.settings import EXECUTION_KEYS, changed_settings
 
 
 TOP_K = 5  # accuracies are reported at top-1 and top-5
 
-#: Config keys (and nodes) a resumed run may change: how it is run, not what it trains, and
-#: SOLVER.EPOCHS, to train a run further. Any other change is refused by ``--resume``.
-RESUME_MAY_CHANGE = (
-    "SOLVER.EPOCHS", "LOG", "EXPERIMENT", "DATASET.NUM_WORKERS", "DATASET.TEST.BATCH_SIZE",
-    "SLKD.LOADER", "SLKD.EVAL_FREQ", "SLKD.DETERMINISTIC", "SLKD.FUSED_LOSS", "SLKD.CUDA_GRAPHS",
-    "SLKD.CHANNELS_LAST",
-)  # fmt: skip
+#: Config keys (and nodes) a resumed run may change: how it is executed, not what it trains,
+#: and SOLVER.EPOCHS, to train a run further. Any other change is refused by ``--resume``.
+RESUME_MAY_CHANGE = ("SOLVER.EPOCHS", *EXECUTION_KEYS)
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -147,21 +144,24 @@ class SLKDTrainer:
 
     def _average_extra_gradients(self):
         """Average over processes the gradients of the parameters trained beside the student
-        (DDP averages the student's), in one collective; a missing gradient counts as zeros."""
+        (DDP averages the student's), in one collective. A process without a gradient for a
+        parameter adds zeros; a parameter no process has a gradient for keeps none, so the
+        optimizer skips it as it would in one process."""
         if not (self.context.distributed and self.extra_parameters):
             return
         import torch.distributed as dist
 
-        gradients = []
-        for parameter in self.extra_parameters:
-            if parameter.grad is None:
-                parameter.grad = torch.zeros_like(parameter)
-            gradients.append(parameter.grad)
-        flat = torch.cat([gradient.reshape(-1) for gradient in gradients])
+        parameters = self.extra_parameters
+        here = [p.grad is not None for p in parameters]
+        gradients = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
+        flat = torch.cat([gradient.reshape(-1).float() for gradient in gradients] + [torch.tensor(here, dtype=torch.float32, device=self.device)])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        flat /= self.context.world_size
-        for gradient, averaged in zip(gradients, flat.split([gradient.numel() for gradient in gradients])):
-            gradient.copy_(averaged.view_as(gradient))
+        *summed, counts = flat.split([p.numel() for p in parameters] + [len(parameters)])
+        # with every gradient here, each parameter has one somewhere: no need to read the counts
+        # (a host read); methods that leave a parameter without a gradient pay for one
+        anywhere = here if all(here) else (counts > 0).tolist()
+        for parameter, gradient, total, used in zip(parameters, gradients, summed, anywhere):
+            parameter.grad = gradient.copy_(total.view_as(gradient) / self.context.world_size) if used else None
 
     @property
     def run_folder(self):
@@ -412,7 +412,7 @@ class SLKDTrainer:
         if any((self.run_folder / name).is_file() for name in ("latest", "latest.prev")):
             raise ConfigError(
                 f"{self.run_folder} holds the checkpoints of an earlier run: continue it with --resume, "
-                "give this run another folder (EXPERIMENT.TAG or LOG.PREFIX), or delete that folder"
+                "give this run another folder (LOG.PREFIX, EXPERIMENT.NAME or EXPERIMENT.TAG), or delete that folder"
             )
 
     def _resume(self) -> int:
@@ -422,8 +422,8 @@ class SLKDTrainer:
             if changed:
                 raise ConfigError(
                     f"--resume: the run in {self.run_folder} was trained with other settings: {'; '.join(changed)}. "
-                    "Resume it with its own settings (its config.yaml), or train these in another folder "
-                    "(EXPERIMENT.TAG or LOG.PREFIX)"
+                    f"Resume it with the command that started it (in {self.run_folder / 'command.txt'}) plus --resume, "
+                    "or train these settings in another folder (LOG.PREFIX, EXPERIMENT.NAME or EXPERIMENT.TAG)"
                 )
         _load_plain_state(self.distiller, state["model"])
         optim.load_state(self.optimizer, state["optimizer"])  # this machine's SGD implementation, the run's state

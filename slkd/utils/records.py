@@ -20,7 +20,6 @@ import subprocess
 from pathlib import Path
 
 import torch
-import yaml
 
 import slkd
 
@@ -117,25 +116,3 @@ def write_text_atomically(path: Path, text: str) -> None:
     temporary.write_text(text)
     os.replace(temporary, path)
 
-
-def changed_settings(saved: str, current: str, may_change: tuple = ()) -> list[str]:
-    """``"KEY saved (now current)"`` for each config key whose value differs between two YAML
-    dumps of a config (a key only one of them has counts as a difference), leaving out keys
-    equal to, or under, an entry of ``may_change``."""
-    before, after = _flat(yaml.safe_load(saved) or {}), _flat(yaml.safe_load(current) or {})
-    free = lambda key: any(key == entry or key.startswith(entry + ".") for entry in may_change)
-    return [
-        f"{key} {before.get(key, '<absent>')} (now {after.get(key, '<absent>')})"
-        for key in sorted(before.keys() | after.keys())
-        if not free(key) and before.get(key) != after.get(key)
-    ]
-
-
-def _flat(node: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
