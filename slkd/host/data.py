@@ -193,8 +193,9 @@ class SeededItems(Dataset):
     sampling draw from) are seeded from :func:`item_seed`. In a loader worker nothing else
     draws from them; in the main process (no workers) they are put back afterwards, so the
     process's own random streams (a model's dropout) go on undisturbed. The seeding costs
-    about 20 us per item in a worker, where a CIFAR-100 item's two views take about 400 us
-    (2-core CPU); saving and restoring numpy's state alone would cost 70 us more.
+    about 30 us per item in a worker, where a CIFAR-100 item's two views take about 400 us
+    (2-core CPU, measured interleaved); saving and restoring numpy's state alone would cost
+    70 us more.
     """
 
     def __init__(self, dataset, seed: int):
