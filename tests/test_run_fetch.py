@@ -446,7 +446,7 @@ def test_broken_checkpoint_names_the_file(tmp_path, defect, expected):
         fetch.fetch_cifar_teachers(root, archive=archive, check_architecture=False)
     message = str(error.value)
     assert f"resnet110: {root / LAYOUT.format('resnet110')}: {expected}" in message
-    assert message.startswith(f"{archive} did not provide valid teacher checkpoints. 1 of 6")
+    assert message.startswith(f"{archive} did not provide valid teacher checkpoints, so nothing in {root / 'download_ckpts'} was replaced. 1 of 6")
     assert all(f"  {other}:" not in message for other in TEACHERS if other != "resnet110")
     assert f"slkd-fetch teachers --mdistiller-root {root}" in message
 
@@ -861,3 +861,17 @@ def test_fetch_cifar100_removes_a_corrupt_file_before_fetching(
     with pytest.raises(FetchError, match="Could not download CIFAR-100"):
         fetch.fetch_cifar100(tmp_path)
     assert sorted(p.name for p in folder.iterdir()) == ["test", "train"]
+
+
+def test_a_bad_archive_replaces_no_good_checkpoint(tmp_path):
+    """--force with an archive whose checkpoints fail the check: the files already in place
+    are kept, not overwritten by the archive's."""
+    root = tmp_path / "root"
+    fetch.fetch_cifar_teachers(root, archive=write_tar(tmp_path / "good.tar", stand_in_members()), check_architecture=False)
+    good = {name: (root / LAYOUT.format(name)).read_bytes() for name in TEACHERS}
+    files = stand_in_members()
+    files[member("resnet110")] = b"<html>Not Found</html>"
+    with pytest.raises(FetchError, match="did not provide valid teacher checkpoints, so nothing in .* was replaced"):
+        fetch.fetch_cifar_teachers(root, archive=write_tar(tmp_path / "bad.tar", files), force=True, check_architecture=False)
+    assert {name: (root / LAYOUT.format(name)).read_bytes() for name in TEACHERS} == good
+    assert not [path for path in (root / "download_ckpts").iterdir() if path.name.startswith(".slkd-extract-")]

@@ -195,9 +195,10 @@ def fetch_cifar_teachers(
     builders = _teacher_builders(root) if check_architecture else {}
     if not check_architecture:
         _LOG.warning("Teacher checkpoints are not checked against mdistiller's architectures.")
+    fix = _command("teachers", "--mdistiller-root", root)
     if not force:
         with contextlib.suppress(FetchError):
-            paths = _verified_teachers(root, CIFAR_TEACHERS, builders)
+            paths = _verified_teachers(root / CKPT_DIR, CIFAR_TEACHERS, builders, fix)
             _LOG.info(
                 "All %d teacher checkpoints are already present and valid under %s; "
                 "nothing fetched (use --force to fetch again).",
@@ -205,16 +206,19 @@ def fetch_cifar_teachers(
                 root / CKPT_DIR,
             )
             return paths
-    fix = _command("teachers", "--mdistiller-root", root)
     ckpt_dir = _make_folder(root / CKPT_DIR, fix)
     if archive is None:
         archive = _download(url, ckpt_dir / TEACHERS_ARCHIVE_NAME, fix)
-    extracted = _extract_tar_safely(Path(archive), ckpt_dir, fix)
+
+    def verified_before_placing(staging: Path) -> None:
+        try:
+            _verified_teachers(staging, CIFAR_TEACHERS, builders, fix, shown_dir=ckpt_dir)
+        except FetchError as exc:
+            raise FetchError(f"{archive} did not provide valid teacher checkpoints, so nothing in {ckpt_dir} was replaced. {exc}") from None
+
+    extracted = _extract_tar_safely(Path(archive), ckpt_dir, fix, check=verified_before_placing)
     _LOG.info("Extracted %d files from %s into %s", len(extracted), archive, ckpt_dir)
-    try:
-        paths = _verified_teachers(root, CIFAR_TEACHERS, builders)
-    except FetchError as exc:
-        raise FetchError(f"{archive} did not provide valid teacher checkpoints. {exc}") from None
+    paths = [teacher_checkpoint_path(root, name) for name in CIFAR_TEACHERS]
     _LOG.info("Verified %d teacher checkpoints under %s", len(paths), ckpt_dir)
     return paths
 
@@ -237,30 +241,36 @@ def verify_cifar_teachers(
     """
     root = Path(os.path.abspath(root))
     builders = _teacher_builders(root) if check_architecture else {}
-    return _verified_teachers(root, CIFAR_TEACHERS if names is None else names, builders)
+    fix = _command("teachers", "--mdistiller-root", root)
+    return _verified_teachers(root / CKPT_DIR, CIFAR_TEACHERS if names is None else names, builders, fix)
 
 
 def _verified_teachers(
-    root: Path, names: Iterable[str], builders: Mapping[str, Callable[..., torch.nn.Module]]
+    ckpt_dir: Path,
+    names: Iterable[str],
+    builders: Mapping[str, Callable[..., torch.nn.Module]],
+    fix: str,
+    shown_dir: Path | None = None,
 ) -> list[Path]:
-    """Paths of checkpoints ``names`` under ``root``; FetchError listing every broken one.
+    """Paths of checkpoints ``names`` in ``ckpt_dir`` (a checkout's ``download_ckpts``, or an
+    archive extracted in a staging folder); FetchError listing every broken one, with ``fix``.
 
-    A checkpoint is checked against ``builders[name]`` when present.
+    A checkpoint is checked against ``builders[name]`` when present. The error names each
+    file as it lies under ``shown_dir`` (default ``ckpt_dir``): for a staging folder, where
+    the file was to be placed.
     """
     names = list(names)
     paths, problems = [], []
     for name in names:
-        path = teacher_checkpoint_path(root, name)
+        relative = teacher_checkpoint_path(".", name).relative_to(CKPT_DIR)
+        path = ckpt_dir / relative
         problem = _checkpoint_problem(path, builders.get(name))
         if problem:
-            problems.append(f"  {name}: {path}: {problem}")
+            problems.append(f"  {name}: {(shown_dir or ckpt_dir) / relative}: {problem}")
         paths.append(path)
     if problems:
         raise FetchError(
-            f"{len(problems)} of {len(names)} CIFAR-100 teacher checkpoints are missing or broken; "
-            "fix: "
-            + _command("teachers", "--mdistiller-root", root)
-            + "\n"
+            f"{len(problems)} of {len(names)} CIFAR-100 teacher checkpoints are missing or broken; fix: {fix}\n"
             + "\n".join(problems)
         )
     return paths
@@ -374,13 +384,14 @@ def _download(url: str, target: Path, fix: str) -> Path:
     return target
 
 
-def _extract_tar_safely(archive: Path, dest: Path, fix: str) -> list[Path]:
+def _extract_tar_safely(archive: Path, dest: Path, fix: str, check: Callable[[Path], None] | None = None) -> list[Path]:
     """Extract the regular files of tar ``archive`` under ``dest``; return their paths.
 
     The whole archive is refused, before anything is written, when a member
     has an absolute path or a ``..`` component, or is a link or special file.
-    Files are unpacked into a temporary folder inside ``dest`` and then moved
-    into place, so a damaged archive leaves ``dest`` unchanged.
+    Files are unpacked into a temporary folder inside ``dest``, handed to
+    ``check`` (which raises FetchError to refuse them), and only then moved
+    into place, so a damaged or refused archive leaves ``dest`` unchanged.
     """
     try:
         with tarfile.open(archive) as tar:
@@ -390,6 +401,8 @@ def _extract_tar_safely(archive: Path, dest: Path, fix: str) -> list[Path]:
             with tempfile.TemporaryDirectory(prefix=".slkd-extract-", dir=dest) as staging:
                 for member in files:
                     _extract_file(tar, member, Path(staging, *PurePosixPath(member.name).parts))
+                if check is not None:
+                    check(Path(staging))
                 return [_move_into_place(Path(staging), dest, m.name) for m in files]
     except (OSError, tarfile.TarError) as exc:
         raise FetchError(
