@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slkd.bench.sources import Pair, source_config
+from slkd.utils.checkpoint import has_resume_checkpoint
 
 DONE, RESUME, START = "done", "resume", "start"
 
@@ -100,6 +101,6 @@ def state(folder: Path) -> str:
     summary = read_summary(folder)
     if is_complete(summary):
         return DONE
-    if any((Path(folder) / name).is_file() for name in ("latest", "latest.prev")):
+    if has_resume_checkpoint(folder):
         return RESUME
     return START

@@ -409,7 +409,7 @@ class SLKDTrainer:
 
     def _refuse_to_overwrite(self) -> None:
         """ConfigError when a fresh start would write over an earlier run's checkpoints."""
-        if any((self.run_folder / name).is_file() for name in ("latest", "latest.prev")):
+        if checkpoint.has_resume_checkpoint(self.run_folder):
             raise ConfigError(
                 f"{self.run_folder} holds the checkpoints of an earlier run: continue it with --resume, "
                 "give this run another folder (LOG.PREFIX, EXPERIMENT.NAME or EXPERIMENT.TAG), or delete that folder"

@@ -32,6 +32,7 @@ import warnings
 import torch
 
 from slkd.errors import UsageError
+from slkd.utils.checkpoint import CheckpointError, drop_resume_checkpoints, has_resume_checkpoint
 
 SMOKE_ITERATIONS = 2
 SMOKE_BATCH = 8
@@ -250,9 +251,7 @@ def run(argv=None) -> float:
     if args.smoke and not args.resume:
         # a smoke run (under LOG.PREFIX/smoke) is disposable: a fresh one replaces the last one,
         # whose checkpoints every process drops before they meet in the process group
-        for checkpoint_name in ("latest", "latest.prev"):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(cfg.LOG.PREFIX, name, checkpoint_name))
+        drop_resume_checkpoints(os.path.join(cfg.LOG.PREFIX, name))
     context = distributed.init(device_type)
     try:
         if args.resume:
@@ -283,9 +282,7 @@ def run(argv=None) -> float:
 
 def _check_resumable(folder: str) -> None:
     """Fail in the first second, before data and models load, when --resume has nothing to resume."""
-    from slkd.utils.checkpoint import CheckpointError
-
-    if not any(os.path.isfile(os.path.join(folder, name)) for name in ("latest", "latest.prev")):
+    if not has_resume_checkpoint(folder):
         raise CheckpointError(
             f"--resume found no usable checkpoint in {folder}: neither latest nor latest.prev exists. "
             "Start without --resume, or give the same --cfg, overrides and LOG.PREFIX as the run to resume"

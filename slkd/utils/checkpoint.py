@@ -8,6 +8,7 @@ when ``latest`` is truncated or unreadable, and says so.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import tempfile
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+RESUME_CHECKPOINTS = ("latest", "latest.prev")  # what save_latest(state, folder) leaves behind
 
 
 class CheckpointError(RuntimeError):
@@ -46,6 +49,18 @@ def save_latest(obj, folder: str | os.PathLike, name: str = "latest") -> Path:
         os.replace(path, path.with_name(name + ".prev"))
     save_atomic(obj, path)
     return path
+
+
+def has_resume_checkpoint(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds ``latest`` or ``latest.prev``: a run ``--resume`` continues."""
+    return any((Path(folder) / name).is_file() for name in RESUME_CHECKPOINTS)
+
+
+def drop_resume_checkpoints(folder: str | os.PathLike) -> None:
+    """Delete ``latest`` and ``latest.prev`` from ``folder``, where they exist."""
+    for name in RESUME_CHECKPOINTS:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(Path(folder) / name)
 
 
 def load(path: str | os.PathLike):
