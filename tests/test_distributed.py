@@ -157,6 +157,33 @@ def test_state_kept_beside_the_student_is_refused_under_torchrun(tmp_path, monke
         dist.destroy_process_group()
 
 
+def test_ddp_lets_go_of_the_process_group_before_the_group_is_destroyed(tmp_path):
+    """After train() the distiller holds the student itself, and nothing keeps DDP's wrapper
+    (and its reducer, which refers to the process group) alive. A reducer freed after
+    destroy_process_group destroys the group with the GIL held, joining a gloo thread that
+    waits for the GIL: under torch 2.11 two-process runs hung as they ended."""
+    import gc
+    import weakref
+
+    import torch.distributed as dist
+
+    from slkd.utils import distributed
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    try:
+        trainer = tiny_trainer(_cfg(tmp_path, 1), context=distributed.DistContext())
+        wrapper = trainer.distiller.student
+        assert isinstance(wrapper, torch.nn.parallel.DistributedDataParallel)
+        student, wrapper = wrapper.module, weakref.ref(wrapper)
+        trainer.train()
+        assert trainer.distiller.student is student
+        gc.collect()  # as distributed.shutdown() does before it destroys the group
+        assert wrapper() is None
+    finally:
+        distributed.shutdown()
+    assert not dist.is_initialized()
+
+
 class _Memory(torch.nn.Module):
     def __init__(self):
         super().__init__()

@@ -132,6 +132,17 @@ class SLKDTrainer:
         # made rank 0's before each evaluation and checkpoint (_share_buffers).
         self.distiller.student = DistributedDataParallel(student, device_ids=device_ids, broadcast_buffers=False)
 
+    def _leave_ddp(self):
+        """Put the student back in the distiller in place of its DDP wrapper, so that DDP's
+        reducer lets go of the process group while the group is still registered.
+
+        A reducer that outlives ``destroy_process_group`` holds the group's last reference, and
+        freeing it destroys the group with the GIL held: under torch 2.11 that joins a gloo
+        thread still waiting for the GIL to release its last collective's tensors, and the
+        process hangs as it ends (seen in two-process runs on a loaded CPU)."""
+        if isinstance(self.distiller.student, torch.nn.parallel.DistributedDataParallel):
+            self.distiller.student = self.distiller.student.module
+
     def _share_buffers(self):
         """Give every process rank 0's BatchNorm statistics, the student's and those of the
         modules trained beside it (under torchrun)."""
@@ -169,23 +180,29 @@ class SLKDTrainer:
 
     # ----------------------------------------------------------------- loop
     def train(self, resume: bool = False):
-        """Train from epoch 1, or from the epoch after the last complete one with ``resume``."""
-        start = 1
-        if resume:
-            start = self._resume()
-        else:
-            self._refuse_to_overwrite()
-            if self.context.is_main:
-                self.record.start(self.cfg, self.argv, environment(self.host_package))
-        epochs = int(self.cfg.SOLVER.EPOCHS)
-        for epoch in range(start, epochs + 1):
-            self.run_epoch(epoch)
-        if start > epochs and self.context.is_main:  # resumed a finished run: refresh its summary
-            done = self.record.read_metrics()
-            if done:
-                self._write_summary(done[-1])
-        self._close_writer()
-        return self.best_acc
+        """Train from epoch 1, or from the epoch after the last complete one with ``resume``.
+
+        However it ends, the TensorBoard writer is closed and the student leaves DDP
+        (:meth:`_leave_ddp`): a trainer trains once."""
+        try:
+            start = 1
+            if resume:
+                start = self._resume()
+            else:
+                self._refuse_to_overwrite()
+                if self.context.is_main:
+                    self.record.start(self.cfg, self.argv, environment(self.host_package))
+            epochs = int(self.cfg.SOLVER.EPOCHS)
+            for epoch in range(start, epochs + 1):
+                self.run_epoch(epoch)
+            if start > epochs and self.context.is_main:  # resumed a finished run: refresh its summary
+                done = self.record.read_metrics()
+                if done:
+                    self._write_summary(done[-1])
+            return self.best_acc
+        finally:
+            self._close_writer()
+            self._leave_ddp()
 
     def run_epoch(self, epoch: int) -> dict:
         """Train one epoch, evaluate when due, record and checkpoint; return the epoch's metrics.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -62,5 +63,11 @@ def all_reduce_sum(tensor: torch.Tensor, context: DistContext) -> torch.Tensor:
 
 
 def shutdown() -> None:
+    """Leave the process group, once the objects that refer to it are gone.
+
+    Garbage is collected first: a DDP wrapper kept alive only by reference cycles would
+    otherwise free its reducer, and with it the group, after the group is unregistered, with
+    the GIL held (see :meth:`slkd.host.trainer.SLKDTrainer._leave_ddp`)."""
     if dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
