@@ -18,6 +18,7 @@ checkpoint, naming the epoch, iteration and loss terms. With
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import os
 import random
@@ -130,7 +131,7 @@ class SLKDTrainer:
         # The student runs once per view before one backward: DDP's buffer broadcast at every
         # forward would rewrite BatchNorm statistics that autograd saved. Buffers are instead
         # made rank 0's before each evaluation and checkpoint (_share_buffers).
-        self.distiller.student = DistributedDataParallel(student, device_ids=device_ids, broadcast_buffers=False)
+        self.distiller.student = DistributedDataParallel(student, device_ids=device_ids, **_no_buffer_sync_at_forward())
 
     def _leave_ddp(self):
         """Put the student back in the distiller in place of its DDP wrapper, so that DDP's
@@ -578,6 +579,17 @@ def _check_fused_loss_device(distiller, device) -> None:
             f"SLKD.FUSED_LOSS runs on CUDA devices, this run is on {device.type}: set SLKD.FUSED_LOSS "
             "False (or drop --fused-loss)"
         )
+
+
+def _no_buffer_sync_at_forward() -> dict:
+    """DDP's keyword that stops it broadcasting buffers at every forward: ``forward_sync_buffers``
+    where torch has it (it deprecates ``broadcast_buffers``; buffers are still made rank 0's
+    once, when DDP wraps the student), ``broadcast_buffers`` before."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
 
 
 def _refuse_per_process_state(modules, method: str) -> None:
