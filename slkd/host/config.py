@@ -132,7 +132,7 @@ def validate_sld(cfg: CN) -> None:
         warnings.warn(
             f"SLD.GAMMA={node.GAMMA} >= SOLVER.EPOCHS={cfg.SOLVER.EPOCHS}: the pseudo-teacher "
             "term (student swap) never switches on in this run",
-            stacklevel=2,
+            stacklevel=1,  # one place: shown once, though slkd-train and the distiller both check
         )
 
 
