@@ -181,6 +181,24 @@ def test_ddp_lets_go_of_the_process_group_before_the_group_is_destroyed(tmp_path
     assert not dist.is_initialized()
 
 
+def test_wrapping_the_student_in_ddp_warns_nothing(tmp_path):
+    """torch 2.14 deprecates DDP's broadcast_buffers with a FutureWarning at every start."""
+    import warnings
+
+    import torch.distributed as dist
+
+    from slkd.utils import distributed
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            trainer = tiny_trainer(_cfg(tmp_path, 1), context=distributed.DistContext())
+        assert isinstance(trainer.distiller.student, torch.nn.parallel.DistributedDataParallel)
+    finally:
+        distributed.shutdown()
+
+
 class _Memory(torch.nn.Module):
     def __init__(self):
         super().__init__()
