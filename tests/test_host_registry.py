@@ -268,3 +268,14 @@ def test_loss_works_without_mdistiller(without_mdistiller):
     assert report["module"] > 0
     # importing slkd and using the loss never touches the host glue
     assert report["host_modules_loaded"] == []
+
+
+@needs_host
+def test_register_gives_an_imagenet_network_both_hosts_names(host):
+    """slkd's r50_mv1 configs name upstream's MobileNetV1; the MLKD fork calls the same network
+    MobileNetV2. mdistiller's tools/train.py looks the name up in the host's table itself."""
+    import slkd
+
+    assert "imagenet:MobileNetV1=MobileNetV2" in slkd.register()
+    networks = host.imagenet_model_dict
+    assert networks["MobileNetV1"] is networks["MobileNetV2"]

@@ -88,12 +88,15 @@ def register() -> list[str]:
     """Register slkd into the importable mdistiller. Idempotent.
 
     Adds the ``SLD`` and ``SLKD`` config nodes to ``CFG``, ``SLD`` to ``distiller_dict``,
-    ``MLKD`` there too when the host has none, and slkd's trainer as ``"slkd"`` in
-    ``trainer_dict``. Raises :class:`RegistrationConflict` rather than replace a different
+    ``MLKD`` there too when the host has none, slkd's trainer as ``"slkd"`` in
+    ``trainer_dict``, and the other host's name of an ImageNet network the host knows under
+    one name only (:data:`slkd.host.models.IMAGENET_ALIASES`), so that slkd's configs run
+    under mdistiller's ``tools/train.py`` on both hosts. Raises :class:`RegistrationConflict` rather than replace a different
     object already registered under one of those names. Returns the registered names.
     """
     from slkd.host.config import add_slkd_nodes
     from slkd.host.distillers import MLKD, SLD
+    from slkd.host.models import IMAGENET_ALIASES
     from slkd.host.trainer import SLKDTrainer
 
     host = import_host()
@@ -101,12 +104,18 @@ def register() -> list[str]:
     if not host.has_mlkd:
         entries.append(("distiller_dict", host.distiller_dict, "MLKD", MLKD))
     entries.append(("trainer_dict", host.trainer_dict, TRAINER_NAME, SLKDTrainer))
+    networks = host.imagenet_model_dict
+    for name, other in IMAGENET_ALIASES.items():
+        if name not in networks and other in networks:
+            entries.append(("imagenet_model_dict", networks, name, networks[other]))
     for where, registry, name, obj in entries:  # all checked before anything is changed
         _check_free(registry, name, obj, where)
     add_slkd_nodes(host.cfg)
     for _, registry, name, obj in entries:
         registry[name] = obj
-    return [name if where == "distiller_dict" else f"trainer:{name}" for where, _, name, _ in entries]
+    names = [name if where == "distiller_dict" else f"trainer:{name}" for where, _, name, _ in entries if where != "imagenet_model_dict"]
+    aliases = [f"imagenet:{a}={b}" for a, b in IMAGENET_ALIASES.items() if a < b and a in networks and networks[a] is networks.get(b)]
+    return names + aliases
 
 
 def _check_free(registry: dict, name: str, obj, where: str) -> None:
