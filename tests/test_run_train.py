@@ -382,6 +382,25 @@ def test_unknown_trainer_is_refused(host, in_tmp, capsys):
 
 
 @pytest.mark.host
+@pytest.mark.parametrize("flag", [["--smoke"], ["--synthetic", "512"]], ids=["smoke", "synthetic"])
+def test_synthetic_data_is_refused_for_an_imagenet_config(host, in_tmp, capsys, flag):
+    """The synthetic sets are CIFAR-100-shaped: an ImageNet model would fail deep in its
+    pooling on 32 x 32 images."""
+    imagenet = str(CONFIGS / "imagenet" / "r34_r18" / "sld.yaml")
+    line = _one_line_error(capsys, _main(["--cfg", imagenet, "--device", "cpu", *flag]))
+    assert f"{flag[0]} makes CIFAR-100-shaped data" in line and "imagenet" in line and "CIFAR-100 config" in line
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("overrides, flag, logs", [([], [], False), (["LOG.WANDB", "True"], [], True), ([], ["--wandb"], True), (["LOG.WANDB", "False"], [], False)])
+def test_weights_and_biases_logs_when_asked_by_flag_or_override(host, overrides, flag, logs):
+    """mdistiller's default (LOG.WANDB True) is not followed; an explicit override is."""
+    from slkd.run.train import build_config, parse_args
+
+    assert build_config(parse_args(["--cfg", RES8X4, *flag, *overrides]), host.cfg).LOG.WANDB is logs
+
+
+@pytest.mark.host
 @pytest.mark.parametrize("trainer", ["base", "crd", "ours"])
 def test_loop_only_trainers_are_replaced_by_slkds(host, capsys, trainer):
     from slkd.run.train import build_config, parse_args

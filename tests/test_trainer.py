@@ -201,3 +201,32 @@ def test_an_empty_training_loader_is_a_clear_error(tmp_path):
     trainer.train_loader = []
     with pytest.raises(ConfigError, match="the training loader of epoch 1 yielded no batches"):
         trainer._train_epoch(1)
+
+
+def test_the_trainer_applies_deterministic_mode_itself(tmp_path, monkeypatch):
+    """Under mdistiller's tools/train.py the host builds the trainer: SLKD.DETERMINISTIC must
+    not depend on slkd-train having set the backends."""
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # restored after the test
+    before = torch.are_deterministic_algorithms_enabled()
+    cfg = tiny_cfg(tmp_path, epochs=1)
+    cfg.SLKD.DETERMINISTIC = True
+    try:
+        tiny_trainer(cfg)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+def test_a_run_records_the_imported_host_when_none_is_given(tmp_path, monkeypatch):
+    """mdistiller's tools/train.py builds the trainer without naming its package."""
+    import types
+
+    fake = types.ModuleType("mdistiller")
+    fake.__file__ = str(tmp_path / "checkout" / "mdistiller" / "__init__.py")
+    monkeypatch.setitem(sys.modules, "mdistiller", fake)
+    tiny_trainer(tiny_cfg(tmp_path, epochs=1)).train()
+    record = json.loads((tmp_path / "tiny" / "run" / "environment.json").read_text())
+    assert record["host"]["package"] == "mdistiller"

@@ -126,7 +126,8 @@ def validate_sld(cfg: CN) -> None:
     if node.STRONG_VIEW and cfg.SOLVER.TRAINER not in TWO_VIEW_TRAINERS:
         raise ConfigError(
             f"SLD.STRONG_VIEW is True but SOLVER.TRAINER {cfg.SOLVER.TRAINER!r} feeds one view per "
-            f"batch: set SOLVER.TRAINER to one of {', '.join(TWO_VIEW_TRAINERS)}, or SLD.STRONG_VIEW False"
+            "batch: set SOLVER.TRAINER slkd (slkd's two-view trainer), or SLD.STRONG_VIEW False (the MLKD "
+            "fork's 'ours' trainer also takes two views, with the loaders of its tools/train_ours.py)"
         )
     if node.STUDENT_SWAP and node.GAMMA >= cfg.SOLVER.EPOCHS:
         warnings.warn(

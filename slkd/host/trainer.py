@@ -59,15 +59,18 @@ class SLKDTrainer:
         context: process placement under torchrun; defaults to one process on the
             distiller's device.
         argv: the command line to record.
-        host_package: the imported ``mdistiller`` package, for the environment record.
+        host_package: the imported ``mdistiller`` package, for the environment record (the
+            one imported in this process when not given).
     """
 
     def __init__(self, experiment_name, distiller, train_loader, val_loader, cfg, *, context=None, argv=None, host_package=None):
         validate_run_options(cfg)
         self.cfg = cfg
+        host_package = host_package or sys.modules.get("mdistiller")  # mdistiller's tools/train.py passes none
         distiller = _unwrap_data_parallel(distiller)
         self.context = context or DistContext(device=_device_of(distiller))
         self.device = self.context.device
+        configure_backends(cfg, self.device.type)  # also under mdistiller's tools/train.py
         _check_fused_loss_device(distiller, self.device)
         self.num_views = int(getattr(distiller, "num_views", 1))
         self.channels_last = bool(cfg.SLKD.CHANNELS_LAST)
@@ -554,6 +557,18 @@ def _scalar(value: torch.Tensor) -> torch.Tensor:
     """A loss term or statistic as a 0-d float32 tensor (a mean where a host returns a vector)."""
     value = value.detach()
     return (value.mean() if value.dim() else value).float()
+
+
+def configure_backends(cfg, device_type: str) -> None:
+    """``SLKD.DETERMINISTIC``: deterministic kernels (cuBLAS workspace, cuDNN without
+    autotuning); otherwise cuDNN autotunes on CUDA."""
+    if cfg.SLKD.DETERMINISTIC:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    elif device_type == "cuda":
+        torch.backends.cudnn.benchmark = True
 
 
 def seed_everything(seed: int, epoch: int, rank: int = 0) -> None:

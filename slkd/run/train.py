@@ -89,7 +89,9 @@ def build_config(args, host_cfg):
         cfg.SLKD.FUSED_LOSS = True
     if args.cuda_graphs:
         cfg.SLKD.CUDA_GRAPHS = True
-    cfg.LOG.WANDB = bool(args.wandb)
+    # mdistiller logs to W&B by default; slkd-train when asked: --wandb, or a LOG.WANDB True override
+    overridden = "LOG.WANDB" in list(args.opts)[::2]
+    cfg.LOG.WANDB = bool(args.wandb) or (overridden and bool(cfg.LOG.WANDB))
     validate_run_options(cfg)  # the values as given, before --smoke shrinks them
     validate_trainer(cfg)
     if cfg.SOLVER.TRAINER != "slkd":
@@ -126,18 +128,14 @@ def resolve_device(requested):
     return requested or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def configure_backends(cfg, device_type: str) -> None:
-    if cfg.SLKD.DETERMINISTIC:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-    elif device_type == "cuda":
-        torch.backends.cudnn.benchmark = True
-
-
 def synthetic_sizes(args, cfg):
     """(train, test) image counts of the synthetic data, or None for the real dataset."""
+    if (args.smoke or args.synthetic is not None) and cfg.DATASET.TYPE != "cifar100":
+        flag = "--smoke" if args.smoke else "--synthetic"
+        raise UsageError(
+            f"{flag} makes CIFAR-100-shaped data (32 x 32, 100 classes), and this config trains on "
+            f"{cfg.DATASET.TYPE}: use a CIFAR-100 config for {flag}, or drop it to train on the real data"
+        )
     if args.smoke:
         return cfg.SOLVER.BATCH_SIZE * SMOKE_ITERATIONS, SMOKE_TEST_IMAGES
     if args.synthetic is not None:
@@ -238,7 +236,7 @@ def run(argv=None) -> float:
     """Parse, set up and train; returns the best test top-1."""
     import slkd
     from slkd.host.registry import import_host
-    from slkd.host.trainer import SLKDTrainer, seed_everything
+    from slkd.host.trainer import SLKDTrainer, configure_backends, seed_everything
     from slkd.utils import distributed
 
     args = parse_args(argv)
@@ -246,7 +244,7 @@ def run(argv=None) -> float:
     host = import_host()
     cfg = build_config(args, host.cfg)
     device_type = resolve_device(args.device)
-    configure_backends(cfg, device_type)
+    configure_backends(cfg, device_type)  # before the models are built; the trainer sets them again
     name = experiment_name(cfg, list(args.opts))
     if args.smoke and not args.resume:
         # a smoke run (under LOG.PREFIX/smoke) is disposable: a fresh one replaces the last one,
