@@ -309,9 +309,11 @@ def _sld_cfg(fresh_cfg, **changes):
         ({"TEMPERATURES": [True]}, r"SLD\.TEMPERATURES.*True"),
         ({"CE_WEIGHT": -0.1}, "SLD.CE_WEIGHT"),
         ({"KD_WEIGHT": -1.0}, "SLD.KD_WEIGHT"),
+        ({"KD_WEIGHT": float("nan")}, "SLD.KD_WEIGHT is nan: loss weights must be finite"),
+        ({"CE_WEIGHT": float("inf")}, "SLD.CE_WEIGHT is inf: loss weights must be finite"),
         ({"TRAINER": "base"}, "SLD.STRONG_VIEW False"),
     ],
-    ids=["empty", "zero", "negative", "string", "bool", "negative-ce", "negative-kd", "one-view-trainer"],
+    ids=["empty", "zero", "negative", "string", "bool", "negative-ce", "negative-kd", "nan-kd", "inf-ce", "one-view-trainer"],
 )
 @needs_host
 def test_validate_sld_rejects(fresh_cfg, changes, fragment):

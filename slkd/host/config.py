@@ -121,8 +121,8 @@ def validate_sld(cfg: CN) -> None:
     except ValueError as error:
         raise ConfigError(f"SLD.TEMPERATURES: {error}") from None
     for key in ("CE_WEIGHT", "KD_WEIGHT"):
-        if node[key] < 0:
-            raise ConfigError(f"SLD.{key} is {node[key]}: loss weights cannot be negative")
+        if not (math.isfinite(node[key]) and node[key] >= 0):
+            raise ConfigError(f"SLD.{key} is {node[key]}: loss weights must be finite and not negative")
     if node.STRONG_VIEW and cfg.SOLVER.TRAINER not in TWO_VIEW_TRAINERS:
         raise ConfigError(
             f"SLD.STRONG_VIEW is True but SOLVER.TRAINER {cfg.SOLVER.TRAINER!r} feeds one view per "
