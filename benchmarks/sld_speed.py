@@ -1692,7 +1692,9 @@ def main(argv=None) -> int:
     if host is not None:
         settings.workdir = tempfile.mkdtemp(prefix="sld_speed-")
         bench = Bench(settings, host, shared)
-        bench.run_train.configure_backends(bench.cfg("fp32"), settings.device.type)
+        from slkd.host.trainer import configure_backends
+
+        configure_backends(bench.cfg("fp32"), settings.device.type)
     else:
         bench = None
     print(f"[sld_speed] {record['facts']['device_name']}, torch {torch.__version__}, sections: {', '.join(args.sections)}", flush=True)
