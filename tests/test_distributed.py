@@ -120,20 +120,33 @@ def test_a_module_trained_beside_the_student_trains_as_in_one_process(tmp_path):
         assert x["loss_feat"] == pytest.approx(y["loss_feat"], rel=1e-5)
 
 
+@pytest.fixture
+def one_process_group():
+    """A gloo process group of one process, in the test's own process: the trainer's torchrun
+    path without spawning. Left with distributed.shutdown()."""
+    import torch.distributed as dist
+
+    from slkd.utils import distributed
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    try:
+        yield distributed.DistContext()
+    finally:
+        distributed.shutdown()
+    assert not dist.is_initialized()
+
+
 @pytest.mark.parametrize(
     "beside, refused",
     [(lambda: _Memory(), "_Memory.bank"), (lambda: torch.nn.BatchNorm1d(8), None)],
     ids=["memory-bank", "batchnorm"],
 )
-def test_state_kept_beside_the_student_is_refused_under_torchrun(tmp_path, monkeypatch, beside, refused):
+def test_state_kept_beside_the_student_is_refused_under_torchrun(tmp_path, monkeypatch, one_process_group, beside, refused):
     """A persistent buffer outside the student and teacher (CRD's memory bank) would be
     updated by each process on its own batches; BatchNorm statistics are shared from rank 0,
     and non-persistent buffers (SLDLoss's temperatures) are constants."""
-    import torch.distributed as dist
-
     import tests.helpers.tiny as tiny
     from slkd.host.config import ConfigError
-    from slkd.utils.distributed import DistContext
 
     original = tiny.TinyDistiller.__init__
 
@@ -142,19 +155,15 @@ def test_state_kept_beside_the_student_is_refused_under_torchrun(tmp_path, monke
         self.beside = beside()
 
     monkeypatch.setattr(tiny.TinyDistiller, "__init__", with_module_beside)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
-    try:
-        if refused:
-            message = rf"SLD keeps state beside the student \({refused}\) that each torchrun process would update on its own batches: train SLD in one process"
-            with pytest.raises(ConfigError, match=message):
-                tiny_trainer(_cfg(tmp_path, 1), context=DistContext())
-        else:
-            tiny_trainer(_cfg(tmp_path, 1), context=DistContext())
-    finally:
-        dist.destroy_process_group()
+    if refused:
+        message = rf"SLD keeps state beside the student \({refused}\) that each torchrun process would update on its own batches: train SLD in one process"
+        with pytest.raises(ConfigError, match=message):
+            tiny_trainer(_cfg(tmp_path, 1), context=one_process_group)
+    else:
+        tiny_trainer(_cfg(tmp_path, 1), context=one_process_group)
 
 
-def test_ddp_lets_go_of_the_process_group_before_the_group_is_destroyed(tmp_path):
+def test_ddp_lets_go_of_the_process_group_before_the_group_is_destroyed(tmp_path, one_process_group):
     """After train() the distiller holds the student itself, and nothing keeps DDP's wrapper
     (and its reducer, which refers to the process group) alive. A reducer freed after
     destroy_process_group destroys the group with the GIL held, joining a gloo thread that
@@ -162,41 +171,24 @@ def test_ddp_lets_go_of_the_process_group_before_the_group_is_destroyed(tmp_path
     import gc
     import weakref
 
-    import torch.distributed as dist
-
-    from slkd.utils import distributed
-
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
-    try:
-        trainer = tiny_trainer(_cfg(tmp_path, 1), context=distributed.DistContext())
-        wrapper = trainer.distiller.student
-        assert isinstance(wrapper, torch.nn.parallel.DistributedDataParallel)
-        student, wrapper = wrapper.module, weakref.ref(wrapper)
-        trainer.train()
-        assert trainer.distiller.student is student
-        gc.collect()  # as distributed.shutdown() does before it destroys the group
-        assert wrapper() is None
-    finally:
-        distributed.shutdown()
-    assert not dist.is_initialized()
+    trainer = tiny_trainer(_cfg(tmp_path, 1), context=one_process_group)
+    wrapper = trainer.distiller.student
+    assert isinstance(wrapper, torch.nn.parallel.DistributedDataParallel)
+    student, wrapper = wrapper.module, weakref.ref(wrapper)
+    trainer.train()
+    assert trainer.distiller.student is student
+    gc.collect()  # as distributed.shutdown() does before it destroys the group
+    assert wrapper() is None
 
 
-def test_wrapping_the_student_in_ddp_warns_nothing(tmp_path):
+def test_wrapping_the_student_in_ddp_warns_nothing(tmp_path, one_process_group):
     """torch 2.14 deprecates DDP's broadcast_buffers with a FutureWarning at every start."""
     import warnings
 
-    import torch.distributed as dist
-
-    from slkd.utils import distributed
-
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            trainer = tiny_trainer(_cfg(tmp_path, 1), context=distributed.DistContext())
-        assert isinstance(trainer.distiller.student, torch.nn.parallel.DistributedDataParallel)
-    finally:
-        distributed.shutdown()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        trainer = tiny_trainer(_cfg(tmp_path, 1), context=one_process_group)
+    assert isinstance(trainer.distiller.student, torch.nn.parallel.DistributedDataParallel)
 
 
 class _Memory(torch.nn.Module):
