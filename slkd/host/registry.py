@@ -91,8 +91,9 @@ def register() -> list[str]:
     ``MLKD`` there too when the host has none, slkd's trainer as ``"slkd"`` in
     ``trainer_dict``, and the other host's name of an ImageNet network the host knows under
     one name only (:data:`slkd.host.models.IMAGENET_ALIASES`), so that slkd's configs run
-    under mdistiller's ``tools/train.py`` on both hosts. Raises :class:`RegistrationConflict` rather than replace a different
-    object already registered under one of those names. Returns the registered names.
+    under mdistiller's ``tools/train.py`` on both hosts. Raises
+    :class:`RegistrationConflict` rather than replace a different object already registered
+    under one of those names. Returns the registered names.
     """
     from slkd.host.config import add_slkd_nodes
     from slkd.host.distillers import MLKD, SLD
