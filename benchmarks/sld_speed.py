@@ -15,7 +15,7 @@ Sub-benchmarks (all by default, pick with ``--only``):
                     ``torch.compile`` of it; value and gradient differences against the
                     literal one, and the torch ops each makes per call, are recorded.
 ``step``            one training step, resnet32x4 -> resnet8x4, batch 64, device-resident data:
-                    slkd's SLD through ``SLKDTrainer._step`` (fp32, bf16, bf16 +
+                    slkd's SLD through ``SLKDTrainer.step`` (fp32, bf16, bf16 +
                     channels_last, fp16 with a scaler), the same two-view step with the
                     distillation loss removed, and a released-style step (nn.DataParallel,
                     the loss pulled to the host every step), plus the real released SLD class
@@ -983,12 +983,12 @@ class Bench:
         )
 
     def trainer_step(self, trainer, epoch):
-        """A closure running ``trainer._step`` on a device-resident batch prepared as the
-        trainer's ``_to_device`` prepares a loader batch (channels_last included)."""
-        images, target, extras = trainer._to_device(self.images(cpu=True))
+        """A closure running ``trainer.step`` on a device-resident batch prepared as the
+        trainer's ``to_device`` prepares a loader batch (channels_last included)."""
+        images, target, extras = trainer.to_device(self.images(cpu=True))
 
         def step():
-            trainer._step(images, target, extras, epoch)
+            trainer.step(images, target, extras, epoch)
 
         # with CUDA graphs, the eager steps and the recording come before the first replay
         step.steps_before_replay = trainer.step_graphs.warmup_steps + 1 if trainer.step_graphs else 0
@@ -1074,11 +1074,11 @@ def bench_step(settings: Settings, timer: Timer, shared: dict, bench: Bench) -> 
     specs = []
     for precision in s.precisions:
         epochs = step_epochs(precision)
-        specs.append(({"variant": "slkd", "precision": precision, "path": "SLKDTrainer._step"}, epochs,
+        specs.append(({"variant": "slkd", "precision": precision, "path": "SLKDTrainer.step"}, epochs,
                       lambda epoch, precision=precision: bench.trainer_step(bench.trainer("SLD", precision), epoch)))
-    specs.append(({"variant": "ce-only", "precision": "fp32", "path": "SLKDTrainer._step, CE-only two-view distiller"}, (EPOCH_ON,),
+    specs.append(({"variant": "ce-only", "precision": "fp32", "path": "SLKDTrainer.step, CE-only two-view distiller"}, (EPOCH_ON,),
                   lambda epoch: bench.trainer_step(bench.trainer("CE", "fp32"), epoch)))
-    paths = {"fused": "SLKDTrainer._step, SLKD.FUSED_LOSS", "graphs": "SLKDTrainer._step, SLKD.CUDA_GRAPHS + SLKD.FUSED_LOSS"}
+    paths = {"fused": "SLKDTrainer.step, SLKD.FUSED_LOSS", "graphs": "SLKDTrainer.step, SLKD.CUDA_GRAPHS + SLKD.FUSED_LOSS"}
     for mode in s.fast_modes:
         for precision in s.precisions:
             if precision == "fp16" and mode != "graphs":
@@ -1087,7 +1087,7 @@ def bench_step(settings: Settings, timer: Timer, shared: dict, bench: Bench) -> 
             specs.append(({"variant": f"slkd-{mode}", "precision": precision, "path": paths[mode]}, epochs,
                           lambda epoch, precision=precision, mode=mode: bench.trainer_step(bench.trainer("SLD", precision, mode=mode), epoch)))
     if "graphs" in s.fast_modes:
-        specs.append(({"variant": "ce-only-graphs", "precision": "fp32", "path": "SLKDTrainer._step, CE-only two-view distiller, SLKD.CUDA_GRAPHS"}, (EPOCH_ON,),
+        specs.append(({"variant": "ce-only-graphs", "precision": "fp32", "path": "SLKDTrainer.step, CE-only two-view distiller, SLKD.CUDA_GRAPHS"}, (EPOCH_ON,),
                       lambda epoch: bench.trainer_step(bench.trainer("CE", "fp32", mode="graphs"), epoch)))
     if s.fast_modes_note:
         notes.append(s.fast_modes_note)
@@ -1290,7 +1290,7 @@ def bench_sync(settings: Settings, timer: Timer, shared: dict, bench: Bench) -> 
     free_memory()
     return {
         "status": "ok",
-        "what": f"torch.cuda.set_sync_debug_mode('error') around {SYNC_STEPS} whole steps (forward, loss, backward, optimizer step) of SLKDTrainer._step, {SYNC_STEPS // 2} at epoch {EPOCH_OFF} and {SYNC_STEPS // 2} at {EPOCH_ON}, after {SYNC_WARMUP} warm-up steps each (with CUDA graphs, also the eager steps and the recording before the first replay)",
+        "what": f"torch.cuda.set_sync_debug_mode('error') around {SYNC_STEPS} whole steps (forward, loss, backward, optimizer step) of SLKDTrainer.step, {SYNC_STEPS // 2} at epoch {EPOCH_OFF} and {SYNC_STEPS // 2} at {EPOCH_ON}, after {SYNC_WARMUP} warm-up steps each (with CUDA graphs, also the eager steps and the recording before the first replay)",
         "results": checks,
         "control_detected": not control["passed"],
         "notes": [settings.fast_modes_note] if settings.fast_modes_note else [],
@@ -1323,23 +1323,23 @@ def bench_loader(settings: Settings, timer: Timer, shared: dict, bench: Bench, c
         timer.sync()
         tick = time.perf_counter()
         with quiet():
-            metrics = trainer._train_epoch(EPOCH_ON)
+            metrics = trainer.train_epoch(EPOCH_ON)
         seconds = time.perf_counter() - tick
         assert metrics["train_images"] == k * s.batch, metrics
         return seconds
 
     # the same K steps fed from device memory, through the same epoch loop
-    images, target, extras = trainer._to_device(bench.images(cpu=True))
+    images, target, extras = trainer.to_device(bench.images(cpu=True))
     batch = (images, target, extras["index"])
     trainer.train_loader = [batch] * warm
     with quiet():
-        trainer._train_epoch(EPOCH_ON)
+        trainer.train_epoch(EPOCH_ON)
     trainer.train_loader = [batch] * k
     synthetic = epoch_seconds()
 
     def warm_up(loader):  # its persistent workers started, with a few steps
         for index, loaded in enumerate(loader):
-            trainer._step(*trainer._to_device(loaded), EPOCH_ON)
+            trainer.step(*trainer.to_device(loaded), EPOCH_ON)
             if index + 1 >= warm:
                 break
 
@@ -1369,7 +1369,7 @@ def bench_loader(settings: Settings, timer: Timer, shared: dict, bench: Bench, c
 
     result = {
         "status": "ok",
-        "what": f"trainer._train_epoch over K={k} iterations of batch {s.batch} (the slkd SLD step at epoch {EPOCH_ON}, fp32, with the epoch loop's bookkeeping and its one read-back at the end), a CIFAR-100-shaped dataset of random pixels with the two-view transform",
+        "what": f"trainer.train_epoch over K={k} iterations of batch {s.batch} (the slkd SLD step at epoch {EPOCH_ON}, fp32, with the epoch loop's bookkeeping and its one read-back at the end), a CIFAR-100-shaped dataset of random pixels with the two-view transform",
         "iterations": k,
         "auto_workers": data.auto_workers(),
         "results": rows,
@@ -1419,9 +1419,9 @@ def bench_estimate(settings: Settings, timer: Timer, shared: dict, bench: Bench)
     eval_seconds = time.perf_counter() - tick
     eval_full = eval_seconds * FULL_RUN["test_images"] / settings.eval_images
 
-    trainer._save(1, False)
+    trainer.save_checkpoints(1, False)
     tick = time.perf_counter()
-    trainer._save(2, False)
+    trainer.save_checkpoints(2, False)
     save_seconds = time.perf_counter() - tick
 
     iterations = FULL_RUN["iterations_per_epoch"]
@@ -1692,7 +1692,7 @@ def main(argv=None) -> int:
     if host is not None:
         settings.workdir = tempfile.mkdtemp(prefix="sld_speed-")
         bench = Bench(settings, host, shared)
-        from slkd.host.trainer import configure_backends
+        from slkd.host.runtime import configure_backends
 
         configure_backends(bench.cfg("fp32"), settings.device.type)
     else:

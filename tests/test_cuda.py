@@ -33,7 +33,7 @@ def _steps_without_sync(trainer, images, target, extras, epoch, steps=3):
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(steps):
-            _, loss, _, _ = trainer._step(images, target, extras, epoch=epoch)
+            _, loss, _, _ = trainer.step(images, target, extras, epoch=epoch)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     return loss
@@ -50,8 +50,8 @@ def test_training_step_makes_no_host_device_sync(tmp_path, amp, fused):
     trainer = tiny_trainer(cfg, context=DistContext(device=torch.device("cuda", 0)))
     trainer.distiller.criterion.fused = fused
     trainer.distiller.train()
-    images, target, extras = trainer._to_device(next(iter(trainer.train_loader)))
-    trainer._step(images, target, extras, epoch=2)  # warm-up: allocator, cuDNN, Triton
+    images, target, extras = trainer.to_device(next(iter(trainer.train_loader)))
+    trainer.step(images, target, extras, epoch=2)  # warm-up: allocator, cuDNN, Triton
     assert torch.isfinite(_steps_without_sync(trainer, images, target, extras, epoch=2)).item()
 
 
@@ -96,7 +96,7 @@ def test_cuda_graph_training_equals_eager_training(tmp_path, amp, monkeypatch):
     assert trainer.step_graphs.replays > 0
     recorded_batches = {signature[1][0][0][0] for signature in trainer.step_graphs.captured}
     assert recorded_batches == {10, 4}, recorded_batches  # the full batches' graph and the small one's
-    images, target, extras = trainer._to_device(next(iter(trainer.train_loader)))
+    images, target, extras = trainer.to_device(next(iter(trainer.train_loader)))
     assert torch.isfinite(_steps_without_sync(trainer, images, target, extras, epoch=4)).item()
     assert Path(tmp_path / "graphs" / "tiny" / "run" / "summary.json").is_file()
 

@@ -200,23 +200,18 @@ class _Memory(torch.nn.Module):
 def _average_worker(rank, world, port, out):
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     import torch.distributed as dist
-    from types import SimpleNamespace
 
-    from slkd.host.trainer import SLKDTrainer
+    from slkd.host import ddp
     from slkd.utils.distributed import DistContext
 
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        used_by_all, used_by_rank0, unused = (torch.nn.Parameter(torch.zeros(2, 3)) for _ in range(3))
+        parameters = used_by_all, used_by_rank0, unused = [torch.nn.Parameter(torch.zeros(2, 3)) for _ in range(3)]
         used_by_all.grad = torch.full((2, 3), float(rank + 1))
         if rank == 0:
             used_by_rank0.grad = torch.full((2, 3), 4.0)
-        trainer = SimpleNamespace(
-            context=DistContext(rank=rank, world_size=world), device=torch.device("cpu"),
-            extra_parameters=[used_by_all, used_by_rank0, unused],
-        )  # fmt: skip
-        SLKDTrainer._average_extra_gradients(trainer)
-        torch.save([None if p.grad is None else p.grad for p in trainer.extra_parameters], f"{out}/rank{rank}.pt")
+        ddp.average_gradients(parameters, DistContext(rank=rank, world_size=world))
+        torch.save([None if p.grad is None else p.grad for p in parameters], f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 

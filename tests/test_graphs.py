@@ -128,16 +128,13 @@ def test_training_with_step_graphs_equals_eager_training(tmp_path, keyed, amp, m
 
 
 def test_a_key_without_the_learning_rate_would_replay_a_stale_one(tmp_path):
-    """The stand-in's check has teeth: keyed by the epoch alone, the graph recorded before the
-    decay at epoch 3 would be replayed after it with the old learning rate."""
+    """The stand-in's check has teeth: with one key for every step (no learning rate in it),
+    the graph recorded before the decay at epoch 3 would be replayed after it with the old
+    learning rate."""
     trainer = tiny_trainer(tiny_cfg(tmp_path, epochs=3, batch=5))
     backend = ReplayBackend(frozen=lambda: [group["lr"] for group in trainer.optimizer.param_groups])
     trainer.step_graphs = graphs.StepGraphs(backend, warmup_steps=1)
-
-    def step_keyed_without_lr(images, target, extras, epoch):
-        return trainer.step_graphs.run("one key", (images, target, extras), lambda *batch: trainer._eager_step(*batch, epoch))
-
-    trainer._step = step_keyed_without_lr
+    trainer.graph_key = lambda epoch: "one key"
     with pytest.raises(AssertionError, match=r"replayed with \[0\.01\d*\] but recorded with \[0\.1\]"):
         trainer.train()
 

@@ -121,7 +121,7 @@ def test_epoch_tagged_sampler_passes_the_epoch_on():
 
 @pytest.mark.parametrize("epoch", [0, 7])
 def test_seed_everything_gives_each_rank_its_own_streams(epoch):
-    from slkd.host.trainer import seed_everything
+    from slkd.host.runtime import seed_everything
 
     draws = []
     for rank in (0, 0, 1):

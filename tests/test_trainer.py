@@ -170,14 +170,14 @@ def test_epoch_metrics_are_per_image_means_over_unequal_batches(tmp_path):
     accuracies count hits over all images (checked against the steps' own outputs)."""
     trainer = tiny_trainer(tiny_cfg(tmp_path, epochs=1, batch=10))
     seen = []
-    step = trainer._step
+    step = trainer.step
 
     def recording_step(images, target, extras, epoch):
-        losses, loss, logits, stats = step(images, target, extras, epoch)
-        seen.append((float(loss), {k: float(v) for k, v in losses.items()}, logits.clone(), target.clone()))
-        return losses, loss, logits, stats
+        result = step(images, target, extras, epoch)
+        seen.append((float(result.loss), {k: float(v) for k, v in result.losses.items()}, result.logits.clone(), target.clone()))
+        return result
 
-    trainer._step = recording_step
+    trainer.step = recording_step
     result = trainer.run_epoch(1)
     assert [len(target) for *_, target in seen] == [10, 10, 4]
     sizes = torch.tensor([len(target) for *_, target in seen], dtype=torch.float64)
@@ -200,7 +200,7 @@ def test_an_empty_training_loader_is_a_clear_error(tmp_path):
     trainer = tiny_trainer(tiny_cfg(tmp_path, epochs=1))
     trainer.train_loader = []
     with pytest.raises(ConfigError, match="the training loader of epoch 1 yielded no batches"):
-        trainer._train_epoch(1)
+        trainer.train_epoch(1)
 
 
 def test_the_trainer_applies_deterministic_mode_itself(tmp_path, monkeypatch):

@@ -32,7 +32,22 @@ from typing import Any, Callable
 
 import torch
 
+from slkd.host.config import ConfigError
+
 WARMUP_STEPS = 3
+
+
+def step_graphs_for(cfg, context):
+    """The :class:`StepGraphs` of a run on ``context`` (its device and process group) when
+    ``SLKD.CUDA_GRAPHS`` is on, else None; ConfigError where graphs cannot be recorded."""
+    if not cfg.SLKD.CUDA_GRAPHS:
+        return None
+    device = context.device
+    if device.type != "cuda":
+        raise ConfigError(f"SLKD.CUDA_GRAPHS records CUDA graphs, this run is on {device.type}: set SLKD.CUDA_GRAPHS False (or drop --cuda-graphs)")
+    if context.distributed:
+        raise ConfigError("SLKD.CUDA_GRAPHS is not available under torchrun yet (DDP's gradient hooks are not recorded): set SLKD.CUDA_GRAPHS False")
+    return StepGraphs(CudaGraphBackend(device))
 
 
 def graph_key(distiller, epoch: int):

@@ -6,38 +6,40 @@ arguments ``(experiment_name, distiller, train_loader, val_loader, cfg)``, so th
 their transform to one or two views (what the distiller's ``num_views`` asks for) and feeds
 them with its own loaders (:mod:`slkd.host.data`).
 
+The trainer holds the epoch loop; its pieces live beside it: the process's kernel settings,
+seeds and precision in :mod:`slkd.host.runtime`, DistributedDataParallel in
+:mod:`slkd.host.ddp`, the epoch's on-device numbers in :mod:`slkd.host.metrics`, CUDA graphs
+in :mod:`slkd.host.graphs`. Its public methods (:meth:`SLKDTrainer.to_device`,
+:meth:`~SLKDTrainer.step`, :meth:`~SLKDTrainer.train_epoch`, :meth:`~SLKDTrainer.evaluate`,
+:meth:`~SLKDTrainer.save_checkpoints`) are what the benchmarks time.
+
 A training step makes no host-device synchronisation (checked on GPUs with fp32 and bf16;
 fp16, whose gradient scaler the fused SGD lets decide on the device whether to step, is not
 checked on a GPU yet): each step writes its loss terms and hit counts into a row of an
-on-device buffer, and the epoch's sums, accuracies and first non-finite step are read from
-it once, at the end of the epoch. A non-finite loss stops the run there, before the epoch's
-checkpoint, naming the epoch, iteration and loss terms. With
-``SLKD.CUDA_GRAPHS`` steps are recorded and replayed as CUDA graphs (:mod:`slkd.host.graphs`).
+on-device table (:class:`slkd.host.metrics.EpochMetrics`), and the epoch's sums, accuracies
+and first non-finite step are read from it once, at the end of the epoch. A non-finite loss
+stops the run there, before the epoch's checkpoint, naming the epoch, iteration and loss
+terms. With ``SLKD.CUDA_GRAPHS`` steps are recorded and replayed as CUDA graphs
+(:mod:`slkd.host.graphs`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import inspect
 import math
 import os
-import random
 import sys
 import time
+from typing import NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from slkd.host import data, graphs, optim
+from slkd.host import data, ddp, graphs, metrics, optim, runtime
 from slkd.host.config import ConfigError, validate_run_options
 from slkd.utils import checkpoint
 from slkd.utils.distributed import DistContext, all_reduce_sum
 from slkd.utils.records import RunRecord, environment
 from slkd.utils.settings import EXECUTION_KEYS, changed_settings
-
-
-TOP_K = 5  # accuracies are reported at top-1 and top-5
 
 #: Config keys (and nodes) a resumed run may change: how it is executed, not what it trains,
 #: and SOLVER.EPOCHS, to train a run further. Any other change is refused by ``--resume``.
@@ -46,6 +48,15 @@ RESUME_MAY_CHANGE = ("SOLVER.EPOCHS", *EXECUTION_KEYS)
 
 class NonFiniteLoss(FloatingPointError):
     """The loss became NaN or infinite; the message names epoch, iteration and loss terms."""
+
+
+class StepResult(NamedTuple):
+    """What :meth:`SLKDTrainer.step` returns, detached and on the device (no host read)."""
+
+    losses: dict  # the distiller's loss terms, by name (a vector where the host returns one)
+    loss: torch.Tensor  # 0-d float32: the sum of the terms' means, which was back-propagated
+    logits: torch.Tensor  # the student's logits for the first view, ``(batch, classes)``
+    stats: dict  # the distiller's ``step_stats`` (SLD: swap rates), by name
 
 
 class SLKDTrainer:
@@ -67,19 +78,19 @@ class SLKDTrainer:
         validate_run_options(cfg)
         self.cfg = cfg
         host_package = host_package or sys.modules.get("mdistiller")  # mdistiller's tools/train.py passes none
-        distiller = _unwrap_data_parallel(distiller)
-        self.context = context or DistContext(device=_device_of(distiller))
+        distiller = runtime.unwrap_data_parallel(distiller)
+        self.context = context or DistContext(device=runtime.device_of(distiller))
         self.device = self.context.device
-        configure_backends(cfg, self.device.type)  # also under mdistiller's tools/train.py
-        _check_fused_loss_device(distiller, self.device)
+        runtime.configure_backends(cfg, self.device.type)  # also under mdistiller's tools/train.py
+        runtime.check_fused_loss_device(distiller, self.device)
         self.num_views = int(getattr(distiller, "num_views", 1))
         self.channels_last = bool(cfg.SLKD.CHANNELS_LAST)
         self.distiller = distiller.to(self.device)
         if self.channels_last:
             self.distiller.to(memory_format=torch.channels_last)
-        self.student = self.distiller.student
+        # trained beside the student (FitNet's regressor, CRD's embeddings, ...): outside DDP
         self.extra_modules = [module for name, module in self.distiller.named_children() if name not in ("student", "teacher")]
-        self._wrap_student_for_ddp()
+        self.student = ddp.wrap_student(self.distiller, cfg, self.context, self.extra_modules)  # the module, never its wrapper
 
         data.use_views(train_loader.dataset, cfg.DATASET.TYPE, self.num_views)
         ranks = {"world_size": self.context.world_size, "rank": self.context.rank, "device": self.device}
@@ -90,93 +101,15 @@ class SLKDTrainer:
         learnable = list(self.distiller.get_learnable_parameters())
         self.optimizer = optim.sgd(learnable, cfg.SOLVER, fused=self.device.type == "cuda")
         student_parameters = {id(parameter) for parameter in self.student.parameters()}
-        # trained beside the student (FitNet's regressor, CRD's embeddings, ...): outside DDP, averaged by hand
+        # the parameters of the modules beside the student: their gradients are averaged by hand
         self.extra_parameters = [parameter for parameter in learnable if id(parameter) not in student_parameters]
-        self.step_graphs = self._step_graphs()
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.SLKD.AMP)
+        self.step_graphs = graphs.step_graphs_for(cfg, self.context)
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.SLKD.AMP == "fp16" else None
         self.best_acc = -1.0
         self.record = RunRecord(os.path.join(cfg.LOG.PREFIX, experiment_name), enabled=self.context.is_main)
         self.argv = list(argv if argv is not None else sys.argv)
         self.host_package = host_package
         self.writer = None
-
-    # ----------------------------------------------------------------- set-up
-    def _step_graphs(self):
-        """:class:`slkd.host.graphs.StepGraphs` when ``SLKD.CUDA_GRAPHS`` is on, else None."""
-        if not self.cfg.SLKD.CUDA_GRAPHS:
-            return None
-        if self.device.type != "cuda":
-            raise ConfigError(f"SLKD.CUDA_GRAPHS records CUDA graphs, this run is on {self.device.type}: set SLKD.CUDA_GRAPHS False (or drop --cuda-graphs)")
-        if self.context.distributed:
-            raise ConfigError("SLKD.CUDA_GRAPHS is not available under torchrun yet (DDP's gradient hooks are not recorded): set SLKD.CUDA_GRAPHS False")
-        return graphs.StepGraphs(graphs.CudaGraphBackend(self.device))
-
-    def _wrap_student_for_ddp(self):
-        """Under torchrun: the student in DDP; modules trained beside it get their gradients
-        averaged after each backward (:meth:`_average_extra_gradients`) and their BatchNorm
-        statistics shared with the student's. Other state they update in a step (CRD's
-        memory bank and normalisation constants) would drift apart in each process, so such
-        methods are refused."""
-        if not self.context.distributed:
-            return
-        from torch.nn.parallel import DistributedDataParallel
-
-        _refuse_per_process_state(self.extra_modules, self.cfg.DISTILLER.TYPE)
-
-        student = self.distiller.student
-        if self.cfg.SLKD.SYNC_BN and self.device.type != "cuda":
-            raise ConfigError("SLKD.SYNC_BN needs CUDA devices (torch's SyncBatchNorm does not run on CPUs); set it False")
-        if self.cfg.SLKD.SYNC_BN:
-            student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
-            self.student = student
-        device_ids = [self.device.index] if self.device.type == "cuda" else None
-        # The student runs once per view before one backward: DDP's buffer broadcast at every
-        # forward would rewrite BatchNorm statistics that autograd saved. Buffers are instead
-        # made rank 0's before each evaluation and checkpoint (_share_buffers).
-        self.distiller.student = DistributedDataParallel(student, device_ids=device_ids, **_no_buffer_sync_at_forward())
-
-    def _leave_ddp(self):
-        """Put the student back in the distiller in place of its DDP wrapper, so that DDP's
-        reducer lets go of the process group while the group is still registered.
-
-        A reducer that outlives ``destroy_process_group`` holds the group's last reference, and
-        freeing it destroys the group with the GIL held: under torch 2.11 that joins a gloo
-        thread still waiting for the GIL to release its last collective's tensors, and the
-        process hangs as it ends (seen in two-process runs on a loaded CPU)."""
-        if isinstance(self.distiller.student, torch.nn.parallel.DistributedDataParallel):
-            self.distiller.student = self.distiller.student.module
-
-    def _share_buffers(self):
-        """Give every process rank 0's BatchNorm statistics, the student's and those of the
-        modules trained beside it (under torchrun)."""
-        if self.context.distributed:
-            import torch.distributed as dist
-
-            for module in (self.student, *self.extra_modules):
-                for buffer in module.buffers():
-                    dist.broadcast(buffer, src=0)
-
-    def _average_extra_gradients(self):
-        """Average over processes the gradients of the parameters trained beside the student
-        (DDP averages the student's), in one collective. A process without a gradient for a
-        parameter adds zeros; a parameter no process has a gradient for keeps none, so the
-        optimizer skips it as it would in one process."""
-        if not (self.context.distributed and self.extra_parameters):
-            return
-        import torch.distributed as dist
-
-        parameters = self.extra_parameters
-        here = [p.grad is not None for p in parameters]
-        gradients = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
-        flat = torch.cat([gradient.reshape(-1).float() for gradient in gradients] + [torch.tensor(here, dtype=torch.float32, device=self.device)])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        *summed, counts = flat.split([p.numel() for p in parameters] + [len(parameters)])
-        # with every gradient here, each parameter has one somewhere: no need to read the counts
-        # (a host read); methods that leave a parameter without a gradient pay for one
-        anywhere = here if all(here) else (counts > 0).tolist()
-        for parameter, gradient, total, used in zip(parameters, gradients, summed, anywhere):
-            parameter.grad = gradient.copy_(total.view_as(gradient) / self.context.world_size) if used else None
 
     @property
     def run_folder(self):
@@ -187,7 +120,7 @@ class SLKDTrainer:
         """Train from epoch 1, or from the epoch after the last complete one with ``resume``.
 
         However it ends, the TensorBoard writer is closed and the student leaves DDP
-        (:meth:`_leave_ddp`): a trainer trains once."""
+        (:func:`slkd.host.ddp.unwrap_student`): a trainer trains once."""
         try:
             start = 1
             if resume:
@@ -206,7 +139,7 @@ class SLKDTrainer:
             return self.best_acc
         finally:
             self._close_writer()
-            self._leave_ddp()
+            ddp.unwrap_student(self.distiller)
 
     def run_epoch(self, epoch: int) -> dict:
         """Train one epoch, evaluate when due, record and checkpoint; return the epoch's metrics.
@@ -216,7 +149,7 @@ class SLKDTrainer:
         follow with ``latest`` last (so ``best`` is never behind a ``latest`` that a resume
         would start from), and the summary, which ``slkd-bench`` reads to call a run finished,
         is written after them."""
-        seed_everything(int(self.cfg.SLKD.SEED), epoch, rank=self.context.rank)
+        runtime.seed_everything(int(self.cfg.SLKD.SEED), epoch, rank=self.context.rank)
         lr = self._set_learning_rate(epoch)
         sampler = self.train_loader.sampler
         if hasattr(sampler, "set_epoch"):
@@ -224,136 +157,63 @@ class SLKDTrainer:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         started = time.perf_counter()
-        metrics = {"epoch": epoch, "lr": lr}
-        metrics.update(self._train_epoch(epoch))
-        metrics["train_seconds"] = time.perf_counter() - started
-        metrics["images_per_second"] = metrics["train_images"] / max(metrics["train_seconds"], 1e-9)
-        self._share_buffers()
+        result = {"epoch": epoch, "lr": lr}
+        result.update(self.train_epoch(epoch))
+        result["train_seconds"] = time.perf_counter() - started
+        result["images_per_second"] = result["train_images"] / max(result["train_seconds"], 1e-9)
+        ddp.share_buffers([self.student, *self.extra_modules], self.context)
         if epoch % int(self.cfg.SLKD.EVAL_FREQ) == 0 or epoch == int(self.cfg.SOLVER.EPOCHS):
             started = time.perf_counter()
-            metrics.update(self.evaluate())
-            metrics["eval_seconds"] = time.perf_counter() - started
+            result.update(self.evaluate())
+            result["eval_seconds"] = time.perf_counter() - started
         if self.device.type == "cuda":
-            metrics["peak_memory_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
-        improved = "test_acc" in metrics and metrics["test_acc"] > self.best_acc
+            result["peak_memory_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        improved = "test_acc" in result and result["test_acc"] > self.best_acc
         if improved:
-            self.best_acc = metrics["test_acc"]
-        metrics["best_acc"] = self.best_acc
+            self.best_acc = result["test_acc"]
+        result["best_acc"] = self.best_acc
         if self.context.is_main:
-            self.record.log_epoch(metrics)
-        self._save(epoch, improved)
-        self._report(metrics)
-        return metrics
+            self.record.log_epoch(result)
+        self.save_checkpoints(epoch, improved)
+        self._report(result)
+        return result
 
-    def _train_epoch(self, epoch: int) -> dict:
+    def train_epoch(self, epoch: int) -> dict:
+        """Train one pass over the training loader at the learning rate set; return its per-image
+        means over all processes: ``train_loss``, each loss term and statistic by name,
+        ``train_acc``, ``train_acc_top5`` (percent) and ``train_images``. The numbers are read
+        from the device once, at the end; a non-finite loss raises :class:`NonFiniteLoss` there."""
         self.distiller.train()
-        names, rows, batch_sizes = None, None, []
+        table = None
         progress = _Progress(len(self.train_loader), f"epoch {epoch}", enabled=self.context.is_main)
-        for step, batch in enumerate(self.train_loader):
-            images, target, extras = self._to_device(batch)
-            losses, loss, logits, stats = self._step(images, target, extras, epoch)
-            if names is None:
-                names = ["loss", *losses, *stats]
-                rows = torch.zeros((len(self.train_loader), len(names) + TOP_K), device=self.device)
-            # one row per step, written on the device (four kernels, no sync): the per-image
-            # means of the loss terms and statistics, then the hits at ranks 1..TOP_K
-            values = [loss, *losses.values(), *stats.values()]
-            torch.stack([_scalar(value) for value in values], out=rows[step, : len(names)])
-            _hits_by_rank(logits, target, out=rows[step, len(names) :])
-            batch_sizes.append(target.shape[0])
+        for batch in self.train_loader:
+            images, target, extras = self.to_device(batch)
+            result = self.step(images, target, extras, epoch)
+            if table is None:
+                table = metrics.EpochMetrics(len(self.train_loader), result.losses, result.stats, self.device)
+            table.record(result.loss, result.losses, result.stats, result.logits, target)
             progress.update()
         progress.close()
-        if rows is None:
+        if table is None:
             raise ConfigError(
                 f"the training loader of epoch {epoch} yielded no batches: the training set is empty on "
                 "this process (check the dataset, or use fewer torchrun processes)"
             )
-        rows = rows[: len(batch_sizes)]
-        weights = torch.tensor(batch_sizes, dtype=rows.dtype).to(self.device, non_blocking=True)
-        hits = rows[:, len(names) :].sum(dim=0)
-        finite = torch.isfinite(rows[:, 0])
-        totals = torch.cat([
-            weights @ rows[:, : len(names)],
-            torch.stack([hits[0], hits.sum(), weights.sum(), (~finite).sum().to(rows.dtype)]),
-        ])  # fmt: skip
-        all_reduce_sum(totals, self.context)
-        values = totals.tolist()
-        if values[-1] > 0:
-            self._raise_non_finite(epoch, rows, finite, losses)
-        count = values[-2]
-        result = {("train_loss" if name == "loss" else name): value / count for name, value in zip(names, values)}
-        result["train_acc"] = 100.0 * values[len(names)] / count
-        result["train_acc_top5"] = 100.0 * values[len(names) + 1] / count
-        result["train_images"] = int(count)
-        return result
+        sums = table.reduce(self.context)
+        if sums[metrics.NON_FINITE_STEPS] > 0:
+            self._raise_non_finite(epoch, table.first_non_finite())
+        images = sums[metrics.IMAGES]
+        means = {name: sums[name] / images for name in table.scalars}
+        means["train_acc"] = 100.0 * sums[metrics.TOP1_HITS] / images
+        means["train_acc_top5"] = 100.0 * sums[metrics.TOPK_HITS] / images
+        means["train_images"] = int(images)
+        return means
 
-    def _step(self, images, target, extras, epoch):
-        """One training step: ``(losses, loss, logits, stats)``, all detached, on the device.
-
-        With ``SLKD.CUDA_GRAPHS`` it is run, recorded or replayed by :attr:`step_graphs`.
-        """
-        if self.step_graphs is None:
-            return self._eager_step(images, target, extras, epoch)
-        key = (graphs.graph_key(self.distiller, epoch), tuple(group["lr"] for group in self.optimizer.param_groups))
-        return self.step_graphs.run(key, (images, target, extras), lambda *batch: self._eager_step(*batch, epoch))
-
-    def _eager_step(self, images, target, extras, epoch):
-        recording = self.step_graphs is not None
-        with self._autocast():
-            if self.num_views == 2:
-                logits, losses = self.distiller(image_weak=images[0], image_strong=images[1], target=target, epoch=epoch)
-            else:
-                logits, losses = self.distiller(image=images, target=target, epoch=epoch, **extras)
-        # mdistiller's sum of means; a 0-d term is its own mean (no kernel spent on it)
-        terms = [value.float() if value.dim() == 0 else value.float().mean() for value in losses.values()]
-        loss = terms[0]
-        for term in terms[1:]:
-            loss = loss + term
-        # under graphs the gradients stay the same tensors from step to step (zeroed, not freed)
-        self.optimizer.zero_grad(set_to_none=not recording)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self._average_extra_gradients()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self._average_extra_gradients()
-            self.optimizer.step()
-        stats = {name: value.detach() for name, value in getattr(self.distiller, "step_stats", {}).items()}
-        return {name: value.detach() for name, value in losses.items()}, loss.detach(), logits.detach(), stats
-
-    @torch.no_grad()
-    def evaluate(self) -> dict:
-        """Test top-1, top-5 (percent) and cross-entropy of the student on the test set."""
-        self.distiller.eval()
-        sums = torch.zeros(4, device=self.device)
-        for batch in self.val_loader:
-            image, target = batch[0], batch[1]
-            image = self._image_to_device(image)
-            target = target.to(self.device, non_blocking=True)
-            with self._autocast():
-                logits = self.distiller(image=image)
-            loss = F.cross_entropy(logits.float(), target, reduction="sum")
-            sums += torch.cat([_correct(logits, target), torch.stack([loss, torch.ones_like(loss) * target.shape[0]])])
-        all_reduce_sum(sums, self.context)
-        top1, top5, loss, count = sums.tolist()
-        count = max(count, 1.0)
-        return {"test_acc": 100.0 * top1 / count, "test_acc_top5": 100.0 * top5 / count, "test_loss": loss / count}
-
-    # ----------------------------------------------------------------- pieces
-    def _autocast(self):
-        """``SLKD.AMP``'s autocast, without its cache of cast weights. A CUDA graph cannot keep
-        that cache, and it changes the arithmetic: with it, a weight used on both views is cast
-        once and its two gradients are summed in half precision (where fp16 overflows sooner);
-        without it, each use is cast and the gradients are summed in float32. Eager steps and
-        recorded ones then compute the same, for two dozen more casts per SLD step (forward and
-        backward; 91 instead of 67 counted on a CPU for resnet32x4 -> resnet8x4)."""
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, cache_enabled=False)
-
-    def _to_device(self, batch):
+    def to_device(self, batch):
+        """``(images, target, extras)`` of a training loader's batch, on the trainer's device
+        as :meth:`step` takes them: float images (a list of two views for a two-view distiller),
+        channels-last with ``SLKD.CHANNELS_LAST``; ``extras`` holds the dataset's ``index``
+        (and CRD's ``contrastive_index``) when the batch has them."""
         images, target = batch[0], batch[1]
         if self.num_views == 2:
             if not isinstance(images, (list, tuple)) or len(images) != 2:
@@ -378,6 +238,68 @@ class SLKDTrainer:
             image = image.contiguous(memory_format=torch.channels_last)
         return image
 
+    def step(self, images, target, extras, epoch: int) -> StepResult:
+        """One training step on a batch from :meth:`to_device`: forward, loss, backward and
+        optimizer update, with no host-device synchronisation.
+
+        With ``SLKD.CUDA_GRAPHS`` it is run, recorded or replayed by :attr:`step_graphs`,
+        under :meth:`graph_key`.
+        """
+        if self.step_graphs is None:
+            return self._eager_step(images, target, extras, epoch)
+        return self.step_graphs.run(self.graph_key(epoch), (images, target, extras), lambda *batch: self._eager_step(*batch, epoch))
+
+    def graph_key(self, epoch: int):
+        """What a recorded step of ``epoch`` depends on besides its batch's shapes: the
+        distiller's :func:`slkd.host.graphs.graph_key` and the learning rates, which a graph
+        replays as it recorded them."""
+        return graphs.graph_key(self.distiller, epoch), tuple(group["lr"] for group in self.optimizer.param_groups)
+
+    def _eager_step(self, images, target, extras, epoch):
+        recording = self.step_graphs is not None
+        with runtime.autocast(self.device.type, self.cfg.SLKD.AMP):
+            if self.num_views == 2:
+                logits, losses = self.distiller(image_weak=images[0], image_strong=images[1], target=target, epoch=epoch)
+            else:
+                logits, losses = self.distiller(image=images, target=target, epoch=epoch, **extras)
+        # mdistiller's sum of means; a 0-d term is its own mean (no kernel spent on it)
+        terms = [value.float() if value.dim() == 0 else value.float().mean() for value in losses.values()]
+        loss = terms[0]
+        for term in terms[1:]:
+            loss = loss + term
+        # under graphs the gradients stay the same tensors from step to step (zeroed, not freed)
+        self.optimizer.zero_grad(set_to_none=not recording)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            ddp.average_gradients(self.extra_parameters, self.context)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            ddp.average_gradients(self.extra_parameters, self.context)
+            self.optimizer.step()
+        stats = {name: value.detach() for name, value in getattr(self.distiller, "step_stats", {}).items()}
+        return StepResult({name: value.detach() for name, value in losses.items()}, loss.detach(), logits.detach(), stats)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Test top-1, top-5 (percent) and cross-entropy of the student on the test set."""
+        self.distiller.eval()
+        sums = torch.zeros(4, device=self.device)
+        for batch in self.val_loader:
+            image, target = batch[0], batch[1]
+            image = self._image_to_device(image)
+            target = target.to(self.device, non_blocking=True)
+            with runtime.autocast(self.device.type, self.cfg.SLKD.AMP):
+                logits = self.distiller(image=image)
+            loss = F.cross_entropy(logits.float(), target, reduction="sum")
+            sums += torch.cat([metrics.top1_topk_hits(logits, target), torch.stack([loss, torch.ones_like(loss) * target.shape[0]])])
+        all_reduce_sum(sums, self.context)
+        top1, top5, loss, count = sums.tolist()
+        count = max(count, 1.0)
+        return {"test_acc": 100.0 * top1 / count, "test_acc_top5": 100.0 * top5 / count, "test_loss": loss / count}
+
+    # ----------------------------------------------------------------- pieces
     def _set_learning_rate(self, epoch: int) -> float:
         """mdistiller's step schedule: ``LR * RATE ** (number of stages < epoch)``."""
         solver = self.cfg.SOLVER
@@ -387,12 +309,13 @@ class SLKDTrainer:
             group["lr"] = lr
         return lr
 
-    def _raise_non_finite(self, epoch, rows, finite, losses):
-        bad = (~finite).nonzero()
-        if len(bad):
-            first = int(bad[0])
-            terms = ", ".join(f"{name}={value:.4g}" for name, value in zip(losses, rows[first, 1 : 1 + len(losses)].tolist()))
-            where = f"at iteration {first + 1} of {len(self.train_loader)} ({terms})"
+    def _raise_non_finite(self, epoch, first):
+        """NonFiniteLoss naming the epoch and, from this process's ``first`` non-finite step
+        (:meth:`slkd.host.metrics.EpochMetrics.first_non_finite`), its iteration and loss terms."""
+        if first is not None:
+            step, losses = first
+            terms = ", ".join(f"{name}={value:.4g}" for name, value in losses.items())
+            where = f"at iteration {step + 1} of {len(self.train_loader)} ({terms})"
         else:
             where = "in another process"
         raise NonFiniteLoss(
@@ -405,7 +328,7 @@ class SLKDTrainer:
     def _state(self, epoch: int) -> dict:
         return {
             "epoch": epoch,
-            "model": _plain_state(self.distiller),
+            "model": ddp.plain_state_dict(self.distiller),
             "optimizer": self.optimizer.state_dict(),
             "best_acc": self.best_acc,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -414,7 +337,11 @@ class SLKDTrainer:
             "config": self.cfg.dump(),
         }
 
-    def _save(self, epoch: int, improved: bool) -> None:
+    def save_checkpoints(self, epoch: int, improved: bool) -> None:
+        """Write the checkpoints of ``epoch`` (rank 0 only), each atomically: ``student_<epoch>``
+        every ``LOG.SAVE_CHECKPOINT_FREQ`` epochs, ``best`` and ``student_best`` when the epoch
+        ``improved`` the best test accuracy, ``student_latest``, and ``latest`` last, so that a
+        resume never starts from an epoch whose other checkpoints are not written."""
         if not self.context.is_main:
             return
         folder = self.run_folder
@@ -446,7 +373,7 @@ class SLKDTrainer:
                     f"Resume it with the command that started it (in {self.run_folder / 'command.txt'}) plus --resume, "
                     "or train these settings in another folder (LOG.PREFIX, EXPERIMENT.NAME or EXPERIMENT.TAG)"
                 )
-        _load_plain_state(self.distiller, state["model"])
+        ddp.load_plain_state_dict(self.distiller, state["model"])
         optim.load_state(self.optimizer, state["optimizer"])  # this machine's SGD implementation, the run's state
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -463,19 +390,19 @@ class SLKDTrainer:
             self.writer.close()
             self.writer = None
 
-    def _report(self, metrics: dict) -> None:
+    def _report(self, result: dict) -> None:
         """Summary, tensorboard (and wandb) scalars and the epoch's line, on rank 0."""
         if not self.context.is_main:
             return
-        self._write_summary(metrics)
-        self._write_scalars(metrics)
+        self._write_summary(result)
+        self._write_scalars(result)
 
-    def _write_summary(self, metrics: dict) -> None:
+    def _write_summary(self, result: dict) -> None:
         self.record.write_summary(
             {
                 "best_acc": self.best_acc,
-                "last_acc": metrics.get("test_acc"),
-                "epochs_done": metrics["epoch"],
+                "last_acc": result.get("test_acc"),
+                "epochs_done": result["epoch"],
                 "epochs": int(self.cfg.SOLVER.EPOCHS),
                 "seed": int(self.cfg.SLKD.SEED),
                 "method": self.cfg.DISTILLER.TYPE,
@@ -486,13 +413,13 @@ class SLKDTrainer:
             }
         )
 
-    def _write_scalars(self, metrics: dict) -> None:
+    def _write_scalars(self, result: dict) -> None:
         if self.writer is None:
             from tensorboardX import SummaryWriter
 
             self.writer = SummaryWriter(str(self.run_folder / "train.events"))
-        epoch = metrics["epoch"]
-        for name, value in metrics.items():
+        epoch = result["epoch"]
+        for name, value in result.items():
             if name != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
                 self.writer.add_scalar(name, value, epoch)
         self.writer.flush()
@@ -502,11 +429,11 @@ class SLKDTrainer:
             except ImportError:
                 wandb = None
             if wandb is not None and wandb.run is not None:
-                wandb.log(metrics, step=epoch)
+                wandb.log(result, step=epoch)
         shown = ", ".join(
-            f"{name} {metrics[name]:.4g}"
+            f"{name} {result[name]:.4g}"
             for name in ("train_loss", "train_acc", "test_acc", "best_acc", "train_seconds")
-            if name in metrics
+            if name in result
         )
         print(f"[slkd] epoch {epoch}/{self.cfg.SOLVER.EPOCHS}: {shown}", flush=True)
 
@@ -536,128 +463,3 @@ class _Progress:
     def close(self):
         if self.bar is not None:
             self.bar.close()
-
-
-def _correct(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``(2,)`` counts of rows whose label is the top-1 and among the top-5 predictions."""
-    hits = torch.zeros(TOP_K, device=logits.device)
-    _hits_by_rank(logits, target, out=hits)
-    return torch.stack([hits[0], hits.sum()])
-
-
-def _hits_by_rank(logits: torch.Tensor, target: torch.Tensor, out: torch.Tensor) -> None:
-    """Write into ``out`` (``(TOP_K,)`` float) how many rows have their label at rank 1, 2, ...
-    of ``logits`` (zeros past the number of classes)."""
-    k = min(TOP_K, logits.shape[1])
-    hits = logits.topk(k, dim=1).indices == target.view(-1, 1)
-    torch.sum(hits, dim=0, dtype=out.dtype, out=out[:k])
-
-
-def _scalar(value: torch.Tensor) -> torch.Tensor:
-    """A loss term or statistic as a 0-d float32 tensor (a mean where a host returns a vector)."""
-    value = value.detach()
-    return (value.mean() if value.dim() else value).float()
-
-
-def configure_backends(cfg, device_type: str) -> None:
-    """``SLKD.DETERMINISTIC``: deterministic kernels (cuBLAS workspace, cuDNN without
-    autotuning); otherwise cuDNN autotunes on CUDA."""
-    if cfg.SLKD.DETERMINISTIC:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-    elif device_type == "cuda":
-        torch.backends.cudnn.benchmark = True
-
-
-def seed_everything(seed: int, epoch: int, rank: int = 0) -> None:
-    """Seed python, numpy and torch from (seed, epoch, rank), so an epoch replays after a
-    resume (epoch 0: the set-up before training, e.g. the networks' initial weights, the same
-    in every process). ``rank`` gives each torchrun process its own streams (dropout); the
-    data's draws do not come from here but from each item's key (:class:`slkd.host.data.SeededItems`)."""
-    mixed = (seed * 1_000_003 + epoch + rank * 2**20) % 2**32
-    random.seed(mixed)
-    np.random.seed(mixed)
-    torch.manual_seed(mixed)
-
-
-def _check_fused_loss_device(distiller, device) -> None:
-    """ConfigError unless the distiller's fused SLD loss (``SLKD.FUSED_LOSS``) can run on
-    ``device``; distillers without one ignore the option."""
-    if not getattr(getattr(distiller, "criterion", None), "fused", False):
-        return
-    from slkd.losses.sld_fused import runs_on
-
-    if not runs_on(device):
-        raise ConfigError(
-            f"SLKD.FUSED_LOSS runs on CUDA devices, this run is on {device.type}: set SLKD.FUSED_LOSS "
-            "False (or drop --fused-loss)"
-        )
-
-
-def _no_buffer_sync_at_forward() -> dict:
-    """DDP's keyword that stops it broadcasting buffers at every forward: ``forward_sync_buffers``
-    where torch has it (it deprecates ``broadcast_buffers``; buffers are still made rank 0's
-    once, when DDP wraps the student), ``broadcast_buffers`` before."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
-        return {"forward_sync_buffers": False}
-    return {"broadcast_buffers": False}
-
-
-def _refuse_per_process_state(modules, method: str) -> None:
-    """ConfigError when ``modules`` (beside the student and teacher) hold state other than
-    BatchNorm statistics, i.e. persistent buffers (non-persistent ones, such as SLDLoss's
-    temperatures, are constants): state a step may update in each process, which torchrun
-    would let drift."""
-    held = [
-        f"{type(owner).__name__}.{name}"
-        for module in modules
-        for owner in module.modules()
-        if not isinstance(owner, torch.nn.modules.batchnorm._BatchNorm)
-        for name, _ in owner.named_buffers(recurse=False)
-        if name not in owner._non_persistent_buffers_set
-    ]
-    if held:
-        raise ConfigError(
-            f"{method} keeps state beside the student ({', '.join(held)}) that each torchrun process would "
-            f"update on its own batches: train {method} in one process (slkd-train without torchrun)"
-        )
-
-
-def _unwrap_data_parallel(distiller):
-    if isinstance(distiller, torch.nn.DataParallel):
-        if len(distiller.device_ids or []) > 1:
-            print(
-                "[slkd] unwrapping nn.DataParallel: slkd's trainer uses one device per process; "
-                "for several GPUs launch with torchrun (see the README)",
-                flush=True,
-            )
-        return distiller.module
-    return distiller
-
-
-def _device_of(module) -> torch.device:
-    for tensor in module.parameters():
-        return tensor.device
-    return torch.device("cpu")
-
-
-def _plain_state(distiller) -> dict:
-    """``distiller.state_dict()`` without DDP's ``module.`` in the student's keys, so that a
-    checkpoint loads in any number of processes."""
-    wrapped = isinstance(distiller.student, torch.nn.parallel.DistributedDataParallel)
-    prefix = "student.module."
-    return {
-        ("student." + key[len(prefix):] if wrapped and key.startswith(prefix) else key): value
-        for key, value in distiller.state_dict().items()
-    }
-
-
-def _load_plain_state(distiller, state: dict) -> None:
-    student = distiller.student
-    if isinstance(student, torch.nn.parallel.DistributedDataParallel):
-        state = {("student.module." + key[len("student."):] if key.startswith("student.") else key): value for key, value in state.items()}
-    distiller.load_state_dict(state)

@@ -236,7 +236,8 @@ def run(argv=None) -> float:
     """Parse, set up and train; returns the best test top-1."""
     import slkd
     from slkd.host.registry import import_host
-    from slkd.host.trainer import SLKDTrainer, configure_backends, seed_everything
+    from slkd.host.runtime import configure_backends, seed_everything
+    from slkd.host.trainer import SLKDTrainer
     from slkd.utils import distributed
 
     args = parse_args(argv)

@@ -67,7 +67,7 @@ def shutdown() -> None:
 
     Garbage is collected first: a DDP wrapper kept alive only by reference cycles would
     otherwise free its reducer, and with it the group, after the group is unregistered, with
-    the GIL held (see :meth:`slkd.host.trainer.SLKDTrainer._leave_ddp`)."""
+    the GIL held (see :func:`slkd.host.ddp.unwrap_student`)."""
     if dist.is_initialized():
         gc.collect()
         dist.destroy_process_group()

@@ -58,11 +58,11 @@ def _copy_into(target, source):
 def replay_graphs_in_trainer(monkeypatch, backend_for=lambda cfg: ReplayBackend(), warmup_steps=1):
     """Make ``SLKDTrainer`` build its :class:`slkd.host.graphs.StepGraphs` over the stand-in
     ``backend_for(cfg)`` when ``SLKD.CUDA_GRAPHS`` is on, on any device (a CPU included)."""
-    from slkd.host import graphs, trainer
+    from slkd.host import graphs
 
-    def step_graphs(self):
-        if not self.cfg.SLKD.CUDA_GRAPHS:
+    def step_graphs_for(cfg, context):
+        if not cfg.SLKD.CUDA_GRAPHS:
             return None
-        return graphs.StepGraphs(backend_for(self.cfg), warmup_steps=warmup_steps)
+        return graphs.StepGraphs(backend_for(cfg), warmup_steps=warmup_steps)
 
-    monkeypatch.setattr(trainer.SLKDTrainer, "_step_graphs", step_graphs)
+    monkeypatch.setattr(graphs, "step_graphs_for", step_graphs_for)

@@ -47,7 +47,7 @@ def _kill_around_save(trainer, name, epoch, when):
     from slkd.utils import checkpoint
 
     saving = {"epoch": None}
-    save = trainer._save
+    save = trainer.save_checkpoints
 
     def tracking_save(current, improved):
         saving["epoch"] = current
@@ -65,7 +65,7 @@ def _kill_around_save(trainer, name, epoch, when):
 
         return maybe_die
 
-    trainer._save = tracking_save
+    trainer.save_checkpoints = tracking_save
     checkpoint.save_atomic = wrap(checkpoint.save_atomic, lambda path: path)
     checkpoint.save_latest = wrap(checkpoint.save_latest, lambda folder, file_name="latest": Path(folder) / file_name)
 
