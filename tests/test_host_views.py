@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageEnhance
+from torchvision import transforms
 
 from slkd.host import views
 
@@ -155,7 +156,7 @@ def test_cutout_paints_a_fill_coloured_square_of_the_expected_size(seed):
     left, top = int(max(0, centre_x - 4)), int(max(0, centre_y - 4))
     right, bottom = min(31, left + 8), min(31, top + 8)  # PIL includes both edges
 
-    painted = views.cutout(img, 0.25, FILL, random.Random(seed))
+    painted = views.paint_cutout(img, views.draw_cutout_box(32, 32, 0.25, random.Random(seed)), FILL)
 
     expected = np.zeros((32, 32), dtype=bool)
     expected[top:bottom + 1, left:right + 1] = True
@@ -164,9 +165,12 @@ def test_cutout_paints_a_fill_coloured_square_of_the_expected_size(seed):
     assert not fill_mask(img).any(), "cutout must paint a copy, not the input"
 
 
-def test_cutout_with_zero_side_is_a_no_op():
+def test_cutout_with_zero_side_is_a_no_op_that_draws_no_centre():
+    rng = random.Random(0)
+    assert views.draw_cutout_box(32, 32, 0.0, rng) is None
+    assert rng.random() == random.Random(0).random()
     img = noise_image()
-    assert views.cutout(img, 0.0, FILL, random.Random(0)) is img
+    assert views.paint_cutout(img, None, FILL) is img
 
 
 def test_rand_augment_always_ends_with_a_cutout():
@@ -208,11 +212,11 @@ def test_seeded_rand_augment_is_reproducible_and_seeds_differ():
 
 def test_rand_augment_draws_ops_with_replacement_and_uniformly():
     augment = views.FixMatchRandAugment(rng=random.Random(0))
-    draws = [augment.sample_operations() for _ in range(2800)]
+    draws = [augment.draw(32, 32).operations for _ in range(2800)]
     assert all(len(ops) == 2 for ops in draws)
     repeats = sum(first[0] == second[0] for first, second in draws)
     assert 120 < repeats < 280  # expected 2800 / 14 = 200 with replacement, 0 without
-    counts = Counter(name for ops in draws for name, _op, _magnitude in ops)
+    counts = Counter(views.RAND_AUGMENT_OPS[index][0] for ops in draws for index, _magnitude in ops)
     assert set(counts) == {entry[0] for entry in views.RAND_AUGMENT_OPS}
     assert min(counts.values()) > 300 and max(counts.values()) < 500  # expected 400 each
 
@@ -220,7 +224,7 @@ def test_rand_augment_draws_ops_with_replacement_and_uniformly():
 def test_magnitudes_are_drawn_within_each_op_range():
     ranges = {name: (low, high) for name, _fn, low, high in views.RAND_AUGMENT_OPS}
     augment = views.FixMatchRandAugment(num_ops=3, rng=random.Random(1))
-    magnitudes = [(name, m) for _ in range(1000) for name, _op, m in augment.sample_operations()]
+    magnitudes = [(views.RAND_AUGMENT_OPS[index][0], m) for _ in range(1000) for index, m in augment.draw(32, 32).operations]
     for name, (low, high) in ranges.items():
         drawn = [m for op_name, m in magnitudes if op_name == name]
         margin = 0.05 * (high - low)
@@ -286,19 +290,51 @@ def _locate(view, candidates):
 def test_strong_view_crops_and_flips_independently_of_the_weak_view():
     img = position_image()
     candidates = _cifar_crop_candidates(img)
-    two = views.two_view_transform("cifar100")
-    two.strong.transforms[2] = views.FixMatchRandAugment(num_ops=0, cutout_fraction=0.0)
+    two = views.Cifar100TwoViews(views.FixMatchRandAugment(num_ops=0, cutout_fraction=0.0))
     torch.manual_seed(0)
     pairs = [tuple(_locate(view, candidates) for view in two(img)) for _ in range(30)]
     assert sum(weak != strong for weak, strong in pairs) >= 25
     assert len({strong for _weak, strong in pairs}) > 5
 
 
-def test_cifar100_strong_transform_runs_rand_augment_between_flip_and_to_tensor():
-    steps = views.cifar100_strong_transform().transforms
-    assert [type(step).__name__ for step in steps] == [
-        "RandomCrop", "RandomHorizontalFlip", "FixMatchRandAugment", "ToTensor", "Normalize"]
-    assert (steps[2].num_ops, steps[2].cutout_fraction, steps[2].fill) == (2, 0.5, FILL)
+def _torchvision_two_views(augment):
+    """The CIFAR-100 two views composed from torchvision's crop and flip (slkd's pipeline
+    before ``Cifar100TwoViews`` drew its crops in one call)."""
+    def crop_flip():
+        return [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()]
+    normalise = [transforms.ToTensor(), transforms.Normalize(views.CIFAR100_MEAN, views.CIFAR100_STD)]
+    return views.TwoViews(transforms.Compose(crop_flip() + normalise), transforms.Compose(crop_flip() + [augment] + normalise))
+
+
+def test_cifar100_two_views_equal_torchvision_crops_and_flips_then_rand_augment():
+    ours, theirs = views.Cifar100TwoViews(), _torchvision_two_views(views.FixMatchRandAugment())
+    assert (ours.augment.num_ops, ours.augment.cutout_fraction, ours.augment.fill) == (2, 0.5, FILL)
+    for seed in range(40):
+        img = noise_image(seed=seed)
+        outputs = []
+        for transform in (ours, theirs):
+            random.seed(seed)
+            torch.manual_seed(seed)
+            outputs.append(transform(img))
+        assert torch.equal(outputs[0][0], outputs[1][0]) and torch.equal(outputs[0][1], outputs[1][1])
+
+
+def test_crop_flip_draws_are_torchvision_random_crop_and_flip_draws():
+    generator = torch.Generator()
+    for seed in (0, 1, 2**40 + 3, 2**64 - 1):
+        generator.manual_seed(seed)
+        drawn = views.draw_crop_flips(4, 4, generator)
+        torch.manual_seed(seed)
+        expected = []
+        for _ in range(4):
+            top, left, _h, _w = transforms.RandomCrop.get_params(Image.new("RGB", (40, 40)), (32, 32))
+            expected.append(views.CropFlip(top, left, bool(torch.rand(1) < 0.5)))
+        assert drawn == expected
+
+
+def test_cifar100_two_views_refuse_other_sizes():
+    with pytest.raises(ValueError, match="CIFAR-100 views need a 32x32 image, got 40x20"):
+        views.Cifar100TwoViews()(noise_image(width=40, height=20))
 
 
 def test_cifar100_test_transform_only_normalises():

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 from slkd.host.config import ConfigError
-from slkd.host.views import TwoViews, cifar100_test_transform, cifar100_weak_transform, two_view_transform
+from slkd.host.views import TWO_VIEW_TYPES, cifar100_test_transform, cifar100_weak_transform, two_view_transform
 
 
 class DatasetMissing(FileNotFoundError):
@@ -127,9 +127,9 @@ def check_dataset_files(cfg, data_root: str) -> None:
 def use_views(dataset: Dataset, dataset_type: str, num_views: int) -> None:
     """Make ``dataset`` yield two views ``(weak, strong)`` per image when ``num_views == 2``.
 
-    A dataset whose transform is already a :class:`TwoViews` keeps it.
+    A dataset whose transform already makes two views keeps it.
     """
-    if num_views == 2 and not isinstance(getattr(dataset, "transform", None), TwoViews):
+    if num_views == 2 and not isinstance(getattr(dataset, "transform", None), TWO_VIEW_TYPES):
         dataset.transform = two_view_transform(dataset_type)
 
 

@@ -11,11 +11,21 @@ augmentation: it picks one global magnitude bin for every op and flips its sign 
 from torch's generator, and it has no Cutout. Here every op draws its own magnitude uniformly
 from its own range (enhance factors in [0.05, 0.95], i.e. always weakening), randomness comes
 from python's ``random`` and a Cutout always follows, as in the FixMatch code MLKD reuses.
+
+Every random choice is *drawn* first and then *applied*: ``FixMatchRandAugment.draw`` and
+``Cifar100TwoViews.draw`` return the parameters (crops, flips, op choices and magnitudes, the
+Cutout box), ``apply`` makes the views from them. For CIFAR-100,
+:mod:`slkd.host.device_views` makes the same views in batches on the training device from
+the same ``Cifar100TwoViews.draw``, so the two paths use the same parameters by construction.
 """
 import random
+from collections import namedtuple
+
+import torch
 
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 from torchvision import transforms
+from torchvision.transforms import functional
 
 CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
 CIFAR100_STD = (0.2675, 0.2565, 0.2761)
@@ -137,20 +147,35 @@ def cutout_box(width, height, side, centre_x, centre_y):
     return left, top, min(width, left + side), min(height, top + side)
 
 
-def cutout(img, side_fraction, fill, rng):
-    """Paint a square of side ``side_fraction * width`` in ``fill`` on a copy of ``img``.
-
-    A side of 0 or less leaves the image as it is.
-    """
-    side = side_fraction * img.size[0]
+def draw_cutout_box(width, height, side_fraction, rng):
+    """The PIL box of a Cutout of side ``side_fraction * width`` (its centre drawn from
+    ``rng``), or None for a side of 0 or less (no Cutout, and no centre drawn)."""
+    side = side_fraction * width
     if side <= 0:
-        return img
-    width, height = img.size
+        return None
     centre_x = draw_cutout_centre(width, rng)
     centre_y = draw_cutout_centre(height, rng)
+    return cutout_box(width, height, side, centre_x, centre_y)
+
+
+def paint_cutout(img, box, fill):
+    """A copy of ``img`` with ``box`` (from :func:`draw_cutout_box`) painted in ``fill``;
+    ``img`` itself when ``box`` is None."""
+    if box is None:
+        return img
     painted = img.copy()
-    ImageDraw.Draw(painted).rectangle(cutout_box(width, height, side, centre_x, centre_y), fill)
+    ImageDraw.Draw(painted).rectangle(box, fill)
     return painted
+
+
+#: One application's draws: ``operations``, ``((op_index, magnitude), ...)`` into
+#: ``RAND_AUGMENT_OPS`` in the order they apply; ``cutout``, the Cutout's PIL box or None.
+RandAugmentDraw = namedtuple("RandAugmentDraw", "operations cutout")
+
+
+def _magnitude(index, rng):
+    _name, _op, low, high = RAND_AUGMENT_OPS[index]
+    return low + (high - low) * rng.random()
 
 
 class FixMatchRandAugment:
@@ -176,17 +201,27 @@ class FixMatchRandAugment:
     def _random(self):
         return random if self.rng is None else self.rng
 
-    def sample_operations(self):
-        """The ``(name, operation, magnitude)`` triples that the next application would use."""
-        rng = self._random()
-        chosen = rng.choices(RAND_AUGMENT_OPS, k=self.num_ops)
-        return [(name, op, low + (high - low) * rng.random()) for name, op, low, high in chosen]
+    def draw(self, width, height, rng=None):
+        """The :class:`RandAugmentDraw` of the next application to a ``width`` x ``height``
+        image, drawn from ``rng`` (default: this transform's own, see the class).
+
+        The draws, in order: the op indices (``choices``, one ``random()`` each), one
+        magnitude per op, the Cutout's side fraction, then its centre's x and y.
+        """
+        rng = self._random() if rng is None else rng
+        chosen = rng.choices(range(len(RAND_AUGMENT_OPS)), k=self.num_ops)
+        operations = tuple((index, _magnitude(index, rng)) for index in chosen)
+        box = draw_cutout_box(width, height, self.cutout_fraction * rng.random(), rng)
+        return RandAugmentDraw(operations, box)
+
+    def apply(self, img, drawn):
+        """``img`` with ``drawn``'s operations and Cutout applied."""
+        for index, magnitude in drawn.operations:
+            img = RAND_AUGMENT_OPS[index][1](img, magnitude)
+        return paint_cutout(img, drawn.cutout, self.fill)
 
     def __call__(self, img):
-        for _name, op, magnitude in self.sample_operations():
-            img = op(img, magnitude)
-        rng = self._random()
-        return cutout(img, self.cutout_fraction * rng.random(), self.fill, rng)
+        return self.apply(img, self.draw(*img.size))
 
     def __repr__(self):
         return (f"{type(self).__name__}(num_ops={self.num_ops}, "
@@ -209,8 +244,46 @@ class TwoViews:
 
 # --- CIFAR-100 (32x32) ---
 
-def _cifar100_crop_and_flip():
-    return [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()]
+CIFAR100_SIDE = 32
+CIFAR100_PADDING = 4
+
+#: A random crop of the zero-padded image, then a flip: ``top`` and ``left`` offsets into the
+#: padded image (0 .. 2 * padding), ``flip`` mirrors the crop left-right.
+CropFlip = namedtuple("CropFlip", "top left flip")
+
+#: The draws of one image's two views: a :class:`CropFlip` each, and the strong view's
+#: :class:`RandAugmentDraw`.
+TwoViewDraw = namedtuple("TwoViewDraw", "weak strong augment")
+
+
+def draw_crop_flips(count, padding, generator=None):
+    """``count`` (even) :class:`CropFlip` draws, each what torchvision's ``RandomCrop(side,
+    padding=padding)`` then ``RandomHorizontalFlip()`` draw for an image of that side, one
+    after the other, from ``generator`` (torch's default CPU generator when None).
+
+    torchvision draws each from one 32-bit output of the generator's Mersenne Twister:
+    ``randint(0, 2 * padding + 1)`` takes the output modulo the range (top, then left),
+    ``rand() < 0.5`` compares its low 24 bits over 2^24 (the flip). Here one ``random_`` over
+    int64's whole range reads all the outputs at once, two per element, the earlier one in
+    the high half: the same values for a fraction of the cost of ``3 * count`` calls (tested
+    against torchvision's own draws).
+    """
+    span = 2 * padding + 1
+    words = torch.empty(3 * count // 2, dtype=torch.int64).random_(-(2**63), None, generator=generator)
+    outputs = []
+    for word in words.tolist():
+        word &= 0xFFFFFFFFFFFFFFFF
+        outputs += (word >> 32, word & 0xFFFFFFFF)
+    return [CropFlip(top % span, left % span, (flip & 0xFFFFFF) < 2**23)
+            for top, left, flip in zip(outputs[0::3], outputs[1::3], outputs[2::3])]
+
+
+def crop_flip(img, drawn, padding):
+    """``img`` zero-padded by ``padding`` pixels, cropped back to its size at ``drawn``'s
+    offsets, and mirrored if ``drawn.flip``."""
+    width, height = img.size
+    cropped = functional.crop(functional.pad(img, padding), drawn.top, drawn.left, height, width)
+    return functional.hflip(cropped) if drawn.flip else cropped
 
 
 def _to_normalised_tensor(mean, std):
@@ -220,14 +293,45 @@ def _to_normalised_tensor(mean, std):
 def cifar100_weak_transform():
     """Random 32-pixel crop of the 4-pixel zero-padded image, random flip, normalise."""
     return transforms.Compose(
-        _cifar100_crop_and_flip() + _to_normalised_tensor(CIFAR100_MEAN, CIFAR100_STD))
-
-
-def cifar100_strong_transform():
-    """Its own crop and flip, then ``FixMatchRandAugment()``, then normalise."""
-    return transforms.Compose(
-        _cifar100_crop_and_flip() + [FixMatchRandAugment()]
+        [transforms.RandomCrop(CIFAR100_SIDE, padding=CIFAR100_PADDING), transforms.RandomHorizontalFlip()]
         + _to_normalised_tensor(CIFAR100_MEAN, CIFAR100_STD))
+
+
+class Cifar100TwoViews:
+    """CIFAR-100's two views of a 32x32 image: ``(weak, strong)`` normalised tensors.
+
+    Weak: a random 32-pixel crop of the 4-pixel zero-padded image, a random flip. Strong: its
+    own crop and flip, then ``augment`` (``FixMatchRandAugment()`` by default). Pixels and
+    random draws are those of ``TwoViews`` of torchvision's ``RandomCrop(32, padding=4)``,
+    ``RandomHorizontalFlip()``, (``augment``,) ``ToTensor()``, ``Normalize``: the crops and flips
+    from torch's generator, RandAugment from python's ``random``. ``draw`` makes all of an
+    image's draws and ``apply`` the views from them, so :mod:`slkd.host.device_views` can make
+    the same views from the same draws.
+    """
+
+    def __init__(self, augment=None):
+        self.augment = FixMatchRandAugment() if augment is None else augment
+        self.normalise = transforms.Compose(_to_normalised_tensor(CIFAR100_MEAN, CIFAR100_STD))
+
+    def draw(self, generator=None, rng=None):
+        """The image's :class:`TwoViewDraw`: crops and flips from ``generator`` (torch's
+        default when None), RandAugment from ``rng`` (the augment's own when None)."""
+        weak, strong = draw_crop_flips(2, CIFAR100_PADDING, generator)
+        return TwoViewDraw(weak, strong, self.augment.draw(CIFAR100_SIDE, CIFAR100_SIDE, rng))
+
+    def apply(self, img, drawn):
+        """The two normalised views of ``img`` made with ``drawn`` (a :class:`TwoViewDraw`)."""
+        weak = crop_flip(img, drawn.weak, CIFAR100_PADDING)
+        strong = self.augment.apply(crop_flip(img, drawn.strong, CIFAR100_PADDING), drawn.augment)
+        return self.normalise(weak), self.normalise(strong)
+
+    def __call__(self, img):
+        if img.size != (CIFAR100_SIDE, CIFAR100_SIDE):
+            raise ValueError(f"CIFAR-100 views need a 32x32 image, got {img.size[0]}x{img.size[1]}")
+        return self.apply(img, self.draw())
+
+    def __repr__(self):
+        return f"{type(self).__name__}(augment={self.augment!r})"
 
 
 def cifar100_test_transform():
@@ -261,17 +365,22 @@ def imagenet_test_transform():
         + _to_normalised_tensor(IMAGENET_MEAN, IMAGENET_STD))
 
 
-_TWO_VIEW_FACTORIES = {
-    "cifar100": (cifar100_weak_transform, cifar100_strong_transform),
-    "imagenet": (imagenet_weak_transform, imagenet_strong_transform),
-}
+def imagenet_two_views():
+    """``TwoViews`` of the ImageNet weak and strong transforms."""
+    return TwoViews(imagenet_weak_transform(), imagenet_strong_transform())
+
+
+_TWO_VIEW_FACTORIES = {"cifar100": Cifar100TwoViews, "imagenet": imagenet_two_views}
 SUPPORTED_DATASET_TYPES = tuple(_TWO_VIEW_FACTORIES)
 
+#: The transforms that make two views (:func:`slkd.host.data.use_views` keeps them).
+TWO_VIEW_TYPES = (TwoViews, Cifar100TwoViews)
 
-def two_view_transform(dataset_type: str) -> TwoViews:
-    """The ``TwoViews(weak, strong)`` training transform for ``"cifar100"`` or ``"imagenet"``."""
+
+def two_view_transform(dataset_type: str):
+    """The two-view training transform for ``"cifar100"`` (:class:`Cifar100TwoViews`) or
+    ``"imagenet"`` (``TwoViews(weak, strong)``)."""
     if dataset_type not in _TWO_VIEW_FACTORIES:
         raise ValueError(f"unsupported dataset_type {dataset_type!r}; "
                          f"supported: {', '.join(SUPPORTED_DATASET_TYPES)}")
-    make_weak, make_strong = _TWO_VIEW_FACTORIES[dataset_type]
-    return TwoViews(make_weak(), make_strong())
+    return _TWO_VIEW_FACTORIES[dataset_type]()
