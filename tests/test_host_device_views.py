@@ -1,0 +1,72 @@
+"""slkd.host.device_views: CIFAR-100's two views made a batch at a time on a device (here CPU
+tensors) are the PIL path's, parameters and pixels, for the same (seed, epoch, index)."""
+
+import random
+
+import pytest
+import torch
+
+from slkd.host import views
+from slkd.host.data import SeededItems, SyntheticCIFAR100
+from slkd.host.device_views import DeviceViews, draw_items
+
+
+def pil_views(dataset, seed, epoch, indices):
+    """The PIL path's ``(weak, strong)`` of ``indices``, stacked, as a loader worker makes them."""
+    items = SeededItems(dataset, seed)
+    pairs = [items[(epoch, index)][0] for index in indices]
+    return torch.stack([weak for weak, _ in pairs]), torch.stack([strong for _, strong in pairs])
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return SyntheticCIFAR100(240, views.Cifar100TwoViews(), seed=4)
+
+
+def test_each_item_draws_what_the_pil_path_applies(dataset, monkeypatch):
+    applied = []
+    apply = views.Cifar100TwoViews.apply
+    monkeypatch.setattr(views.Cifar100TwoViews, "apply", lambda self, img, drawn: applied.append(drawn) or apply(self, img, drawn))
+    keys = [(seed, epoch, index) for seed in (0, 7) for epoch in (0, 3) for index in range(0, 240, 4)]
+    for seed, epoch, index in keys:
+        SeededItems(dataset, seed)[(epoch, index)]
+    drawn = [draw_items(dataset.transform, seed, epoch, [index])[0] for seed, epoch, index in keys]
+    assert drawn == applied
+    assert len({item.augment.operations for item in drawn}) == len(keys)  # every key its own draws
+
+
+@pytest.mark.parametrize("seed, epoch", [(0, 0), (5, 11)])
+def test_views_equal_the_pil_path_to_the_bit(dataset, seed, epoch):
+    indices = random.Random(seed).sample(range(len(dataset)), 160)
+    weak, strong = DeviceViews(dataset.data, seed, "cpu").views_of(epoch, indices)
+    expected_weak, expected_strong = pil_views(dataset, seed, epoch, indices)
+    assert weak.dtype == strong.dtype == torch.float32 and weak.shape == (160, 3, 32, 32)
+    assert torch.equal(weak, expected_weak)
+    assert torch.equal(strong, expected_strong)
+
+
+def test_views_follow_the_transform_settings():
+    augment = views.FixMatchRandAugment(num_ops=3, cutout_fraction=0.2, fill=(9, 8, 7))
+    dataset = SyntheticCIFAR100(40, views.Cifar100TwoViews(augment), seed=1)
+    made = DeviceViews(dataset.data, 2, "cpu", views=dataset.transform).views_of(1, range(40))
+    expected = pil_views(dataset, 2, 1, range(40))
+    assert torch.equal(made[0], expected[0]) and torch.equal(made[1], expected[1])
+
+
+def test_a_batch_split_between_processes_gives_the_same_views(dataset):
+    device_views = DeviceViews(dataset.data, 3, "cpu")
+    indices = list(range(100, 164))
+    whole = device_views.views_of(2, indices)
+    halves = [device_views.views_of(2, indices[rank::2]) for rank in (0, 1)]
+    for view in (0, 1):
+        joined = torch.empty_like(whole[view])
+        joined[0::2], joined[1::2] = halves[0][view], halves[1][view]
+        assert torch.equal(joined, whole[view])
+
+
+def test_views_change_with_epoch_and_seed(dataset):
+    indices = list(range(32))
+    first = DeviceViews(dataset.data, 0, "cpu").views_of(1, indices)[1]
+    for seed, epoch in ((0, 2), (1, 1)):
+        other = DeviceViews(dataset.data, seed, "cpu").views_of(epoch, indices)[1]
+        assert sum(not torch.equal(a, b) for a, b in zip(first, other)) >= 31
