@@ -26,7 +26,8 @@ Sub-benchmarks (all by default, pick with ``--only``):
 ``sync``            (CUDA) 20 slkd steps under ``torch.cuda.set_sync_debug_mode("error")``.
 ``loader``          an epoch (on CUDA a whole CIFAR-100 epoch) through slkd's two-view loader
                     against the same steps fed from device memory, the loader with fewer
-                    workers, and mdistiller's fixed 2 workers.
+                    workers, and mdistiller's fixed 2 workers; and CIFAR-100's two views per
+                    core, PIL against the device views on CPU tensors (benchmarks/views_speed.py).
 ``epoch-estimate``  a 240-epoch CIFAR-100 run in minutes, from the loader-fed step time, a
                     measured evaluation pass and a measured checkpoint save (eager, and on
                     CUDA also with CUDA graphs and the fused loss).
@@ -1377,6 +1378,8 @@ def bench_loader(settings: Settings, timer: Timer, shared: dict, bench: Bench, c
         "ratio_mdistiller_2_workers": rows[-1]["seconds"] / synthetic if contrast else None,
         "notes": [] if not s.quick else ["--quick: a few iterations of a small model; not a measure of the loader"],
     }
+    if contrast:
+        result["views"] = views_speed().measure_views(batch=s.batch, batches=1 if s.quick else 4, rounds=1 if s.quick else 5)
     result["mode"] = mode
     shared[f"loader_trainer_{mode}"] = trainer
     return result
@@ -1384,7 +1387,20 @@ def bench_loader(settings: Settings, timer: Timer, shared: dict, bench: Bench, c
 
 def loader_tables(section) -> str:
     rows = [[r["feed"], r["workers"], r["seconds"], r["ms_per_iter"], r["x_device_memory"]] for r in section["results"]]
-    return md_table(["feed", "workers", f"seconds for {section['iterations']} iterations", "ms / iteration", "x device memory"], rows)
+    table = md_table(["feed", "workers", f"seconds for {section['iterations']} iterations", "ms / iteration", "x device memory"], rows)
+    if "views" not in section:
+        return table
+    views = section["views"]
+    rates = [["PIL two views (slkd loader, 1 worker)", views["pil_images_per_s_per_core"]], ["device views on CPU tensors", views["device_views_images_per_s_per_core"]], ["device views / PIL", views["views_speedup_per_core"]]]
+    return table + f"\n\nCIFAR-100 two views, batch {views['batch']}, images / s per core ({views['per_core']}):\n\n" + md_table(["path", "images / s per core"], rates)
+
+
+def views_speed():
+    """benchmarks/views_speed.py, imported from its file (this script is not in a package)."""
+    spec = importlib.util.spec_from_file_location("views_speed", Path(__file__).with_name("views_speed.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 # =========================================================================== #
@@ -1483,6 +1499,8 @@ def targets(record: dict, settings: Settings) -> list:
             verdict = "PASS" if measured <= threshold else "FAIL"
         elif compare == "<":
             verdict = "PASS" if measured < threshold else "FAIL"
+        elif compare == ">=":
+            verdict = "PASS" if measured >= threshold else "FAIL"
         else:  # pass/fail check
             verdict = "PASS" if measured else "FAIL"
         out.append({"target": name, "measured": measured, "unit": unit, "threshold": threshold, "compare": compare, "verdict": verdict, "note": note})
@@ -1540,6 +1558,8 @@ def targets(record: dict, settings: Settings) -> list:
     if loader.get("status") == "ok":
         cores = record["facts"].get("cpu_affinity") or record["facts"].get("cpu_count")
         add("5. loader-fed epoch / device-memory epoch (16-core GPU machine)", loader["ratio"], 1.15, "<=", cuda, "GPU-machine target; this run is on CPU", "x", "" if (cores or 0) >= 16 else f"this machine has {cores} cores")
+        views = loader.get("views")
+        add("7. CIFAR-100 views: device views on CPU tensors / PIL, images per second per core (issue 17)", views and views["views_speedup_per_core"], 3.0, ">=", not cuda, "CPU target; this run is on a GPU", "x")
     else:
         add("5. loader-fed epoch / device-memory epoch", None, None, "<=", True, "", note=loader.get("reason", "not run"))
 

@@ -325,6 +325,33 @@ def test_loader_section_times_fewer_workers_than_the_default(tmp_path, monkeypat
     ]
     assert all(row["seconds"] > 0 for row in section["results"])
     assert section["ratio"] == section["results"][1]["seconds"] / section["results"][0]["seconds"]
+    views = section["views"]
+    assert views["batch"] == settings.batch and views["views_speedup_per_core"] > 0
+    assert "CIFAR-100 two views" in script.loader_tables(section)
+
+
+def test_views_speed_records_both_rates_per_core_and_their_ratio():
+    """Issue 17's CPU target: device views / PIL two views, images per second per core."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("views_speed_under_test", ROOT / "benchmarks" / "views_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    record = module.measure_views(batch=8, batches=2, rounds=2, threads=1)
+    assert record["views_speedup_per_core"] == record["device_views_images_per_s_per_core"] / record["pil_images_per_s_per_core"]
+    assert record["pil_workers"] == record["device_views_threads"] == 1 and "per second divided by the cores" in record["per_core"]
+    assert record["images_per_round"] == 16 and len(record["seconds_per_round"]) == 2
+    assert all(times["pil"] > 0 and times["device_views"] > 0 for times in record["seconds_per_round"])
+
+
+def test_views_target_needs_three_times_the_images_per_core_on_cpu():
+    script = load_script()
+    settings = script.Settings(script.parse_args(["--device", "cpu"]))
+    record = {"facts": {"cpu_count": 2}, "sections": {"loader": {"status": "ok", "ratio": 2.0, "views": {"views_speedup_per_core": 2.9}}}}
+    verdicts = {row["target"][:2]: row["verdict"] for row in script.targets(record, settings)}
+    assert verdicts["7."] == "FAIL"
+    record["sections"]["loader"]["views"]["views_speedup_per_core"] = 3.0
+    assert {row["target"][:2]: row["verdict"] for row in script.targets(record, settings)}["7."] == "PASS"
 
 
 @pytest.mark.host
