@@ -5,6 +5,7 @@ import random
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from slkd.host import views
 from slkd.host.data import SeededItems, SyntheticCIFAR100
@@ -70,3 +71,37 @@ def test_views_change_with_epoch_and_seed(dataset):
     for seed, epoch in ((0, 2), (1, 1)):
         other = DeviceViews(dataset.data, seed, "cpu").views_of(epoch, indices)[1]
         assert sum(not torch.equal(a, b) for a, b in zip(first, other)) >= 31
+
+
+class DeviceTraffic(TorchDispatchMode):
+    """Records copies from host tensors to the meta device and values read back."""
+
+    def __init__(self):
+        super().__init__()
+        self.copies, self.reads = [], []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        sources = [arg for arg in args if isinstance(arg, torch.Tensor)]
+        if any(t.device.type == "cpu" for t in sources) and isinstance(out, torch.Tensor) and out.device.type == "meta":
+            self.copies.append(tuple(out.shape))
+        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default):
+            self.reads.append(func)
+        return out
+
+
+def test_making_views_reads_nothing_back_and_copies_only_the_draws(monkeypatch):
+    """No host-device synchronisation: on the meta device (where reading a value raises), the
+    views of a batch copy the batch's two draw tensors to the device and nothing else, and
+    build no tensor from host data there."""
+    device_views = DeviceViews(SyntheticCIFAR100(128, None, seed=0).data, 0, "meta")
+    draws = device_views.draw(1, range(64))
+    built = []
+    for name in ("tensor", "as_tensor"):
+        original = getattr(torch, name)
+        monkeypatch.setattr(torch, name, lambda *args, _original=original, **kwargs: built.append(kwargs.get("device")) or _original(*args, **kwargs))
+    with DeviceTraffic() as traffic:
+        weak, strong = device_views.make(draws)
+    assert weak.device.type == strong.device.type == "meta" and strong.shape == (64, 3, 32, 32)
+    assert sorted(traffic.copies) == sorted([tuple(draws.ints.shape), tuple(draws.factors.shape)])
+    assert traffic.reads == [] and built == []

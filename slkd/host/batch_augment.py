@@ -191,8 +191,8 @@ def _blend(degenerate, images, factors):
 def pil_luminance(images):
     """PIL's ``convert("L")``: ``(299 R + 587 G + 114 B) / 1000`` in its 16-bit fixed point,
     ``[n, 1, H, W]`` int32."""
-    weights = torch.tensor([19595, 38470, 7471], dtype=torch.int32, device=images.device).view(1, 3, 1, 1)
-    return ((images.to(torch.int32) * weights).sum(dim=1, keepdim=True, dtype=torch.int32) + 0x8000) >> 16
+    red, green, blue = images.to(torch.int32).split(1, dim=1)
+    return (red * 19595 + green * 38470 + blue * 7471 + 0x8000) >> 16  # python weights: no copy to the device
 
 
 def _brightness(images, _ints, factors):
