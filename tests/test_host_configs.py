@@ -410,6 +410,23 @@ def test_validate_run_options_accepts_the_edges_of_each_range(host):
     validate_run_options(cfg)
 
 
+@needs_host
+def test_device_views_are_refused_for_imagenet_in_one_line(fresh_cfg):
+    from slkd.host.config import ConfigError, validate_run_options
+
+    assert fresh_cfg.SLKD.DEVICE_VIEWS is False
+    fresh_cfg.SLKD.DEVICE_VIEWS = True
+    fresh_cfg.DATASET.TYPE = "cifar100"
+    validate_run_options(fresh_cfg)
+    fresh_cfg.DATASET.TYPE = "imagenet"
+    with pytest.raises(ConfigError) as caught:
+        validate_run_options(fresh_cfg)
+    assert str(caught.value) == (
+        "SLKD.DEVICE_VIEWS makes CIFAR-100's views on the device, this run trains on imagenet: "
+        "set SLKD.DEVICE_VIEWS False (or drop --device-views)"
+    )
+
+
 # --------------------------------------------------------------------------- validate_trainer
 @needs_host
 @pytest.mark.parametrize("trainer", ["slkd", "base", "crd", "ours"])

@@ -31,7 +31,7 @@ ISSUE_SLD_NODE = {
     "STRONG_VIEW": True,
 }
 
-SLKD_RUN_KEYS = {"SEED", "DETERMINISTIC", "AMP", "CHANNELS_LAST", "SYNC_BN", "FUSED_LOSS", "CUDA_GRAPHS", "EVAL_FREQ", "LOADER"}
+SLKD_RUN_KEYS = {"SEED", "DETERMINISTIC", "AMP", "CHANNELS_LAST", "SYNC_BN", "FUSED_LOSS", "CUDA_GRAPHS", "DEVICE_VIEWS", "EVAL_FREQ", "LOADER"}
 
 
 # --------------------------------------------------------------------------- with a host

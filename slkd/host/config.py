@@ -17,6 +17,8 @@ Nodes added to mdistiller's ``CFG`` by :func:`slkd.register`:
     FUSED_LOSS        False    SLD's loss as two fused Triton kernels (CUDA; SLD only; same
                                values to float rounding)
     CUDA_GRAPHS       False    record the training step once, replay it as one CUDA graph
+    DEVICE_VIEWS      False    CIFAR-100's two views made in batches on the training device
+                               (slkd.host.device_views; the PIL path's draws and pixels)
     EVAL_FREQ         1        evaluate every N epochs (and always at the last one)
     LOADER.WORKERS    -1       train loader workers per process; -1: sized to the machine
     LOADER.PIN_MEMORY True
@@ -94,6 +96,7 @@ def slkd_node() -> CN:
     node.SYNC_BN = False
     node.FUSED_LOSS = False
     node.CUDA_GRAPHS = False
+    node.DEVICE_VIEWS = False
     node.EVAL_FREQ = 1
     node.LOADER = CN()
     node.LOADER.WORKERS = -1
@@ -162,6 +165,11 @@ def validate_run_options(cfg: CN) -> None:
     for key, kind, test, allowed in NUMERIC_RANGES:
         _check_number(key, _value_at(cfg, key), kind, test, allowed)
     _check_decay_stages(cfg.SOLVER.LR_DECAY_STAGES)
+    if cfg.SLKD.DEVICE_VIEWS and cfg.DATASET.TYPE != "cifar100":
+        raise ConfigError(
+            f"SLKD.DEVICE_VIEWS makes CIFAR-100's views on the device, this run trains on {cfg.DATASET.TYPE}: "
+            "set SLKD.DEVICE_VIEWS False (or drop --device-views)"
+        )
     if cfg.SLKD.FUSED_LOSS:
         from slkd.losses.sld_fused import fused_available
 

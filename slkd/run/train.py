@@ -54,6 +54,7 @@ def parse_args(argv=None):
     parser.add_argument("--channels-last", action="store_true", help="sets SLKD.CHANNELS_LAST")
     parser.add_argument("--fused-loss", action="store_true", help="sets SLKD.FUSED_LOSS (SLD's loss in two Triton kernels; CUDA)")
     parser.add_argument("--cuda-graphs", action="store_true", help="sets SLKD.CUDA_GRAPHS (the training step replayed as one CUDA graph)")
+    parser.add_argument("--device-views", action="store_true", help="sets SLKD.DEVICE_VIEWS (CIFAR-100's two views made in batches on the training device)")
     parser.add_argument("--wandb", action="store_true", help="log to Weights & Biases (off by default)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     args = parser.parse_args(argv)
@@ -89,6 +90,8 @@ def build_config(args, host_cfg):
         cfg.SLKD.FUSED_LOSS = True
     if args.cuda_graphs:
         cfg.SLKD.CUDA_GRAPHS = True
+    if args.device_views:
+        cfg.SLKD.DEVICE_VIEWS = True
     # mdistiller logs to W&B by default; slkd-train when asked: --wandb, or a LOG.WANDB True override
     overridden = "LOG.WANDB" in list(args.opts)[::2]
     cfg.LOG.WANDB = bool(args.wandb) or (overridden and bool(cfg.LOG.WANDB))

@@ -15,6 +15,7 @@ import yaml
 EXECUTION_KEYS = (
     "LOG", "EXPERIMENT", "DATASET.NUM_WORKERS", "DATASET.TEST.BATCH_SIZE", "SLKD.LOADER",
     "SLKD.EVAL_FREQ", "SLKD.DETERMINISTIC", "SLKD.FUSED_LOSS", "SLKD.CUDA_GRAPHS", "SLKD.CHANNELS_LAST",
+    "SLKD.DEVICE_VIEWS",  # the PIL path's draws, and its pixels to the bit (slkd.host.batch_augment)
 )  # fmt: skip
 
 
