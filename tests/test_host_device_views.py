@@ -8,8 +8,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from slkd.host import views
-from slkd.host.data import SeededItems, SyntheticCIFAR100
-from slkd.host.device_views import DeviceViews, draw_items
+from slkd.host.config import ConfigError
+from slkd.host.data import SeededItems, SyntheticCIFAR100, key_loader, train_loader
+from slkd.host.device_views import DeviceViews, DrawBatch, draw_batch, draw_items, training_views
+from tests.helpers.tiny import tiny_cfg
 
 
 def pil_views(dataset, seed, epoch, indices):
@@ -95,7 +97,7 @@ def test_making_views_reads_nothing_back_and_copies_only_the_draws(monkeypatch):
     views of a batch copy the batch's two draw tensors to the device and nothing else, and
     build no tensor from host data there."""
     device_views = DeviceViews(SyntheticCIFAR100(128, None, seed=0).data, 0, "meta")
-    draws = device_views.draw(1, range(64))
+    draws = draw_batch(device_views.views, 0, 1, range(64))
     built = []
     for name in ("tensor", "as_tensor"):
         original = getattr(torch, name)
@@ -105,3 +107,40 @@ def test_making_views_reads_nothing_back_and_copies_only_the_draws(monkeypatch):
     assert weak.device.type == strong.device.type == "meta" and strong.shape == (64, 3, 32, 32)
     assert sorted(traffic.copies) == sorted([tuple(draws.ints.shape), tuple(draws.factors.shape)])
     assert traffic.reads == [] and built == []
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_the_key_loader_feeds_the_batches_of_the_pil_loader(dataset, world_size):
+    """slkd's training loader (PIL views in the workers) and the key loader whose workers draw
+    for the device views yield, per process and step, the same images, labels and views."""
+    cfg = tiny_cfg("unused", batch=32, seed=6)
+    device = torch.device("cpu")
+    device_views = training_views(dataset, 6, device)
+    for rank in range(world_size):
+        cfg.SLKD.LOADER.WORKERS = 0
+        pil = train_loader(dataset, cfg, device=device, world_size=world_size, rank=rank)
+        cfg.SLKD.LOADER.WORKERS = 2
+        keys = key_loader(len(dataset), DrawBatch(device_views.views, 6, dataset.targets), cfg, device=device, world_size=world_size, rank=rank)
+        for loader in (pil, keys):
+            loader.sampler.set_epoch(4)
+        steps = 0
+        for ((weak, strong), labels, _index), (draws, key_labels) in zip(pil, keys):
+            made = device_views.make(draws)
+            assert torch.equal(labels, key_labels) and torch.equal(made[0], weak) and torch.equal(made[1], strong)
+            steps += 1
+        assert steps == len(pil) == len(keys) == -(-len(dataset) // 32)  # a global batch of 32 per step
+
+
+def test_training_views_need_cifar_shaped_data():
+    class Folder:
+        transform = None
+        targets = [0]
+
+    with pytest.raises(ConfigError) as caught:
+        training_views(Folder(), 0, "cpu")
+    assert str(caught.value) == (
+        "SLKD.DEVICE_VIEWS needs CIFAR-100's training set as an array of N x 32 x 32 x 3 pixels (data) and labels "
+        "(targets); Folder has no such data: set SLKD.DEVICE_VIEWS False"
+    )
+    augment = views.FixMatchRandAugment(num_ops=1)
+    assert training_views(SyntheticCIFAR100(4, views.Cifar100TwoViews(augment)), 0, "cpu").views.augment is augment

@@ -149,16 +149,46 @@ def train_loader(dataset, cfg, *, device: torch.device, world_size: int = 1, ran
     so at every step the processes' batches together are the one process's batch. Call
     ``loader.sampler.set_epoch(epoch)`` before each epoch.
     """
-    per_process = _per_process_batch(cfg.SOLVER.BATCH_SIZE, world_size)
-    seed = int(cfg.SLKD.SEED)
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
     return DataLoader(
-        SeededItems(dataset, seed),
-        batch_size=per_process,
-        sampler=EpochTagged(sampler),
+        SeededItems(dataset, int(cfg.SLKD.SEED)),
+        batch_size=_per_process_batch(cfg.SOLVER.BATCH_SIZE, world_size),
+        sampler=_epoch_keys(len(dataset), cfg, world_size, rank),
         drop_last=drop_last,
         **_feeding(cfg, device, world_size),
     )
+
+
+def key_loader(size: int, collate, cfg, *, device: torch.device, world_size: int = 1, rank: int = 0, drop_last=False):
+    """The ``(epoch, index)`` keys :func:`train_loader` loads, in its order and split over
+    processes, each batch of keys made into a batch by ``collate(keys)`` in the workers
+    (``SLKD.DEVICE_VIEWS``: the batch's draws, the images stay on the device)."""
+    return DataLoader(
+        _Keys(size),
+        batch_size=_per_process_batch(cfg.SOLVER.BATCH_SIZE, world_size),
+        sampler=_epoch_keys(size, cfg, world_size, rank),
+        collate_fn=collate,
+        drop_last=drop_last,
+        **_feeding(cfg, device, world_size),
+    )
+
+
+def _epoch_keys(size: int, cfg, world_size: int, rank: int) -> "EpochTagged":
+    """This process's share of a permutation of ``range(size)`` drawn from ``(SLKD.SEED,
+    epoch)``, as ``(epoch, index)`` keys."""
+    return EpochTagged(DistributedSampler(_Keys(size), num_replicas=world_size, rank=rank, shuffle=True, seed=int(cfg.SLKD.SEED)))
+
+
+class _Keys(Dataset):
+    """``size`` items, each its own key."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __len__(self):
+        return self.size
+
+    def __getitem__(self, key):
+        return key
 
 
 class EpochTagged(Sampler):

@@ -28,6 +28,7 @@ from itertools import groupby
 import torch
 
 from slkd.host.batch_augment import BATCH_RAND_AUGMENT_OPS, affine_nearest, crop_flip_coefficients, cutout_bounds, normalise, paint_boxes
+from slkd.host.config import ConfigError
 from slkd.host.data import item_seed
 from slkd.host.views import CIFAR100_MEAN, CIFAR100_PADDING, CIFAR100_SIDE, CIFAR100_STD, Cifar100TwoViews
 
@@ -48,11 +49,16 @@ class BatchDraws:
         self.segments = segments
         self.size = size
 
+    def pin_memory(self):
+        """A copy in pinned memory (a loader with ``pin_memory`` calls this)."""
+        return BatchDraws(self.ints.pin_memory(), self.factors.pin_memory(), self.segments, self.size)
+
     def to(self, device):
         """The two tensors on ``device``: copied without blocking, from pinned memory on CUDA."""
-        if device.type == "cuda":
-            return self.ints.pin_memory().to(device, non_blocking=True), self.factors.pin_memory().to(device, non_blocking=True)
-        return self.ints.to(device), self.factors.to(device)
+        if device.type != "cuda":
+            return self.ints.to(device), self.factors.to(device)
+        pinned = self if self.ints.is_pinned() else self.pin_memory()
+        return pinned.ints.to(device, non_blocking=True), pinned.factors.to(device, non_blocking=True)
 
 
 def draw_items(views: Cifar100TwoViews, seed: int, epoch: int, indices) -> list:
@@ -65,6 +71,28 @@ def draw_items(views: Cifar100TwoViews, seed: int, epoch: int, indices) -> list:
         rng.seed(key)
         drawn.append(views.draw(generator, rng))
     return drawn
+
+
+def draw_batch(views: Cifar100TwoViews, seed: int, epoch: int, rows) -> BatchDraws:
+    """The :class:`BatchDraws` of the dataset items ``rows`` in ``epoch`` of a run seeded with ``seed``."""
+    rows = [int(row) for row in rows]
+    return pack_draws(rows, draw_items(views, seed, epoch, rows), views.augment.num_ops)
+
+
+class DrawBatch:
+    """A loader's ``collate_fn`` for :func:`slkd.host.data.key_loader`: a batch of ``(epoch,
+    index)`` keys becomes ``(BatchDraws, labels)``, drawn in the loader's workers (some 35 us
+    an image, where PIL's two views take 400)."""
+
+    def __init__(self, views: Cifar100TwoViews, seed: int, targets):
+        self.views = views
+        self.seed = int(seed)
+        self.targets = targets
+
+    def __call__(self, keys):
+        rows = [index for _epoch, index in keys]
+        labels = torch.tensor([self.targets[row] for row in rows], dtype=torch.int64)
+        return draw_batch(self.views, self.seed, keys[0][0], rows), labels
 
 
 def pack_draws(rows, drawn, num_ops: int) -> BatchDraws:
@@ -124,15 +152,9 @@ class DeviceViews:
         self.std = torch.tensor(CIFAR100_STD, device=self.device)
         self.fill = torch.tensor(self.views.augment.fill, dtype=torch.uint8, device=self.device)
 
-    def draw(self, epoch: int, indices) -> BatchDraws:
-        """The host-side draws of the items ``indices`` (dataset rows) in ``epoch``."""
-        rows = [int(index) for index in indices]
-        drawn = draw_items(self.views, self.seed, epoch, rows)
-        return pack_draws(rows, drawn, self.views.augment.num_ops)
-
     def views_of(self, epoch: int, indices):
-        """``(weak, strong)`` of the items ``indices`` in ``epoch``."""
-        return self.make(self.draw(epoch, indices))
+        """``(weak, strong)`` of the items ``indices`` (dataset rows) in ``epoch``."""
+        return self.make(draw_batch(self.views, self.seed, epoch, indices))
 
     def make(self, draws: BatchDraws):
         """``(weak, strong)`` from a batch's ``draws``, made on the device."""
@@ -153,3 +175,17 @@ class DeviceViews:
             strong = torch.cat(done).index_select(0, inverse)
         strong = paint_boxes(strong, ints.view(size, 4), self.fill)
         return normalise(weak, self.mean, self.std), normalise(strong, self.mean, self.std)
+
+
+def training_views(dataset, seed: int, device) -> DeviceViews:
+    """The :class:`DeviceViews` of a CIFAR-100 training set (mdistiller's, or
+    :class:`slkd.host.data.SyntheticCIFAR100`): its ``data`` array on ``device``, its
+    ``Cifar100TwoViews`` transform's settings when it has one."""
+    images = getattr(dataset, "data", None)
+    if getattr(images, "shape", None) is None or tuple(images.shape[1:]) != (CIFAR100_SIDE, CIFAR100_SIDE, 3) or not hasattr(dataset, "targets"):
+        raise ConfigError(
+            f"SLKD.DEVICE_VIEWS needs CIFAR-100's training set as an array of N x 32 x 32 x 3 pixels (data) and "
+            f"labels (targets); {type(dataset).__name__} has no such data: set SLKD.DEVICE_VIEWS False"
+        )
+    transform = getattr(dataset, "transform", None)
+    return DeviceViews(images, seed, device, views=transform if isinstance(transform, Cifar100TwoViews) else None)
