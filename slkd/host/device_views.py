@@ -22,6 +22,7 @@ it. The views equal the PIL path's pixel for pixel (:mod:`slkd.host.batch_augmen
 
 from __future__ import annotations
 
+import math
 import random
 from itertools import groupby
 
@@ -115,12 +116,11 @@ def pack_draws(rows, drawn, num_ops: int) -> BatchDraws:
             op_ints, factor = BATCH_RAND_AUGMENT_OPS[op_index].arguments(magnitude, side, side)
             ints += op_ints
             factors.append(factor)
-        starts = 0
-        slices = []
+        start, slices = 0, []
         for op_index, group in groupby(operations[image][0] for image in order):
             count = sum(1 for _ in group)
-            slices.append((op_index, starts, starts + count))
-            starts += count
+            slices.append((op_index, start, start + count))
+            start += count
         segments.append(slices)
     for item in drawn:
         ints += cutout_bounds(item.augment.cutout, side, side)
@@ -158,23 +158,33 @@ class DeviceViews:
 
     def make(self, draws: BatchDraws):
         """``(weak, strong)`` from a batch's ``draws``, made on the device."""
-        ints, factors = draws.to(self.device)
         size = draws.size
-        rows, ints = ints[:size], ints[size:]
-        crops, ints = ints[: 2 * size * 6].view(2 * size, 6), ints[2 * size * 6:]
-        images = self.images.index_select(0, rows)
+        ints, factors = (_Reader(tensor) for tensor in draws.to(self.device))
+        images = self.images.index_select(0, ints.take(size))
+        crops = ints.take(2 * size, 6)
         weak = affine_nearest(images, crops[:size], separable=True)
         strong = affine_nearest(images, crops[size:], separable=True)
-        for round_, slices in enumerate(draws.segments):
-            order, inverse = ints[:size], ints[size: 2 * size]
-            op_ints = ints[2 * size: 8 * size].view(size, 6)
-            ints = ints[8 * size:]
-            op_factors = factors[round_ * size: (round_ + 1) * size]
+        for slices in draws.segments:
+            order, inverse, op_ints, op_factors = ints.take(size), ints.take(size), ints.take(size, 6), factors.take(size)
             ordered = strong.index_select(0, order)
             done = [BATCH_RAND_AUGMENT_OPS[op].apply(ordered[start:end], op_ints[start:end], op_factors[start:end]) for op, start, end in slices]
             strong = torch.cat(done).index_select(0, inverse)
-        strong = paint_boxes(strong, ints.view(size, 4), self.fill)
+        strong = paint_boxes(strong, ints.take(size, 4), self.fill)
         return normalise(weak, self.mean, self.std), normalise(strong, self.mean, self.std)
+
+
+class _Reader:
+    """Consecutive views into a flat tensor, in :class:`BatchDraws`'s order."""
+
+    def __init__(self, flat):
+        self.flat = flat
+        self.start = 0
+
+    def take(self, *shape):
+        count = math.prod(shape)
+        taken = self.flat[self.start: self.start + count].view(*shape)
+        self.start += count
+        return taken
 
 
 def training_views(dataset, seed: int, device) -> DeviceViews:
