@@ -1380,6 +1380,8 @@ def bench_loader(settings: Settings, timer: Timer, shared: dict, bench: Bench, c
     }
     if contrast:
         result["views"] = views_speed().measure_views(batch=s.batch, batches=1 if s.quick else 4, rounds=1 if s.quick else 5)
+        if s.cuda:
+            result["views"]["gpu"] = views_speed().measure_views_on_gpu(s.device, batch=s.batch, batches=2 if s.quick else 50)
     result["mode"] = mode
     shared[f"loader_trainer_{mode}"] = trainer
     return result
@@ -1392,7 +1394,11 @@ def loader_tables(section) -> str:
         return table
     views = section["views"]
     rates = [["PIL two views (slkd loader, 1 worker)", views["pil_images_per_s_per_core"]], ["device views on CPU tensors", views["device_views_images_per_s_per_core"]], ["device views / PIL", views["views_speedup_per_core"]]]
-    return table + f"\n\nCIFAR-100 two views, batch {views['batch']}, images / s per core ({views['per_core']}):\n\n" + md_table(["path", "images / s per core"], rates)
+    table += f"\n\nCIFAR-100 two views, batch {views['batch']}, images / s per core ({views['per_core']}):\n\n" + md_table(["path", "images / s per core"], rates)
+    if "gpu" in views:
+        gpu = views["gpu"]
+        table += "\n\nDevice views on the GPU, ms per batch:\n\n" + md_table(["host draws (loader workers)", "views made on the GPU"], [[gpu["host_draw_ms_per_batch"], gpu["gpu_views_ms_per_batch"]]])
+    return table
 
 
 def views_speed():

@@ -88,6 +88,28 @@ def measure_views(batch: int = 64, batches: int = 4, rounds: int = 5, threads: i
     }
 
 
+def measure_views_on_gpu(device, batch: int = 64, batches: int = 50, seed: int = 0, epoch: int = 1) -> dict:
+    """The device views on a GPU, per batch: the host's draws (``draw_batch``, which a
+    loader's workers make under ``SLKD.DEVICE_VIEWS``) and the views made from them on the
+    GPU (``make``, timed from the first launch to a synchronisation after the last batch)."""
+    from slkd.host.data import SyntheticCIFAR100
+    from slkd.host.device_views import DeviceViews, draw_batch
+
+    dataset = SyntheticCIFAR100(batches * batch, None, seed=seed)
+    device_views = DeviceViews(dataset.data, seed, device)
+    tick = time.perf_counter()
+    draws = [draw_batch(device_views.views, seed, epoch, range(start, start + batch)).pin_memory() for start in range(0, batches * batch, batch)]
+    draw_seconds = time.perf_counter() - tick
+    device_views.make(draws[0])  # warm-up: allocator, kernels
+    torch.cuda.synchronize(device)
+    tick = time.perf_counter()
+    for batch_draws in draws:
+        device_views.make(batch_draws)
+    torch.cuda.synchronize(device)
+    make_seconds = time.perf_counter() - tick
+    return {"batch": batch, "batches": batches, "host_draw_ms_per_batch": draw_seconds * 1e3 / batches, "gpu_views_ms_per_batch": make_seconds * 1e3 / batches}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=64)

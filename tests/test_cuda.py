@@ -177,3 +177,33 @@ def test_a_step_that_synchronises_cannot_be_recorded_and_the_error_names_the_fix
     done = subprocess.run([sys.executable, "-c", CAPTURE_A_SYNC], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "could not record the training step" in done.stdout and "set SLKD.CUDA_GRAPHS False" in done.stdout, done.stdout
+
+
+def test_device_views_on_gpu_equal_the_pil_views_to_the_bit():
+    """SLKD.DEVICE_VIEWS on a GPU: CUDA's division by a python number (a reciprocal) and any
+    other kernel difference would show here, where the CPU tests cannot see them."""
+    from slkd.host.data import SeededItems, SyntheticCIFAR100
+    from slkd.host.device_views import DeviceViews
+    from slkd.host.views import Cifar100TwoViews
+
+    dataset = SyntheticCIFAR100(256, Cifar100TwoViews(), seed=2)
+    weak, strong = DeviceViews(dataset.data, 3, "cuda").views_of(5, range(256))
+    pairs = [SeededItems(dataset, 3)[(5, index)][0] for index in range(256)]
+    assert torch.equal(weak.cpu(), torch.stack([pil_weak for pil_weak, _ in pairs]))
+    assert torch.equal(strong.cpu(), torch.stack([pil_strong for _, pil_strong in pairs]))
+
+
+def test_device_views_on_gpu_make_no_host_device_sync():
+    from slkd.host.data import SyntheticCIFAR100
+    from slkd.host.device_views import DeviceViews, draw_batch
+
+    device_views = DeviceViews(SyntheticCIFAR100(128, None, seed=0).data, 0, "cuda")
+    draws = [draw_batch(device_views.views, 0, epoch, range(64)).pin_memory() for epoch in (1, 2)]
+    device_views.make(draws[0])  # warm-up: allocator
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        weak, strong = device_views.make(draws[1])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert weak.is_cuda and strong.shape == (64, 3, 32, 32)
