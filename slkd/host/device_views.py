@@ -30,7 +30,7 @@ import torch
 
 from slkd.host.batch_augment import BATCH_RAND_AUGMENT_OPS, affine_nearest, crop_flip_coefficients, cutout_bounds, normalise, paint_boxes
 from slkd.host.config import ConfigError
-from slkd.host.data import item_seed
+from slkd.host.data import item_seed, key_loader
 from slkd.host.views import CIFAR100_MEAN, CIFAR100_PADDING, CIFAR100_SIDE, CIFAR100_STD, Cifar100TwoViews
 
 
@@ -199,3 +199,17 @@ def training_views(dataset, seed: int, device) -> DeviceViews:
         )
     transform = getattr(dataset, "transform", None)
     return DeviceViews(images, seed, device, views=transform if isinstance(transform, Cifar100TwoViews) else None)
+
+
+def training_feed(dataset, cfg, num_views: int, *, device, world_size: int = 1, rank: int = 0):
+    """``SLKD.DEVICE_VIEWS``'s feed of a two-view trainer: ``(DeviceViews, loader)``, the loader
+    yielding each step's ``(BatchDraws, labels)`` for the keys :func:`slkd.host.data.train_loader`
+    would load (the same order and split over processes), its workers drawing."""
+    if num_views != 2:
+        raise ConfigError(
+            f"SLKD.DEVICE_VIEWS makes the weak and strong views of two-view methods (SLD, MLKD); "
+            f"{cfg.DISTILLER.TYPE} trains on one view: set SLKD.DEVICE_VIEWS False"
+        )
+    made = training_views(dataset, int(cfg.SLKD.SEED), device)
+    collate = DrawBatch(made.views, made.seed, dataset.targets)
+    return made, key_loader(len(dataset), collate, cfg, device=device, world_size=world_size, rank=rank)
