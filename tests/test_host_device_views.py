@@ -1,6 +1,7 @@
 """slkd.host.device_views: CIFAR-100's two views made a batch at a time on a device (here CPU
 tensors) are the PIL path's, parameters and pixels, for the same (seed, epoch, index)."""
 
+import math
 import random
 
 import pytest
@@ -10,8 +11,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from slkd.host import views
 from slkd.host.config import ConfigError
 from slkd.host.data import SeededItems, SyntheticCIFAR100, key_loader, train_loader
-from slkd.host.device_views import DeviceViews, DrawBatch, draw_batch, draw_items, training_views
-from tests.helpers.tiny import tiny_cfg
+from slkd.host.device_views import DeviceViews, DrawBatch, draw_batch, draw_items, training_feed, training_views
+from tests.helpers.tiny import tiny_cfg, tiny_trainer
 
 
 def pil_views(dataset, seed, epoch, indices):
@@ -144,3 +145,41 @@ def test_training_views_need_cifar_shaped_data():
     )
     augment = views.FixMatchRandAugment(num_ops=1)
     assert training_views(SyntheticCIFAR100(4, views.Cifar100TwoViews(augment)), 0, "cpu").views.augment is augment
+
+
+def count_batches_made(monkeypatch) -> list:
+    """Every batch of views made on the device from now on, as its size."""
+    made = []
+    make = DeviceViews.make
+    monkeypatch.setattr(DeviceViews, "make", lambda self, draws: made.append(draws.size) or make(self, draws))
+    return made
+
+
+def test_two_epochs_with_device_views_train_what_the_pil_path_trains(tmp_path, monkeypatch):
+    """SLKD.DEVICE_VIEWS in slkd's trainer: the loss is finite and falls, and the run ends with
+    the PIL run's metrics and weights to the bit (the same views, in the same batches)."""
+    made = count_batches_made(monkeypatch)
+    runs = {}
+    for name, device_views in (("pil", False), ("device", True)):
+        cfg = tiny_cfg(tmp_path / name, epochs=2, batch=8)
+        cfg.SLD.GAMMA = 150  # the pseudo-teacher term stays off: a falling loss is learning
+        cfg.SLKD.DEVICE_VIEWS = device_views
+        trainer = tiny_trainer(cfg, random_views=True)
+        trainer.train()
+        runs[name] = ([row["train_loss"] for row in trainer.record.read_metrics()], trainer.student.state_dict())
+        assert made == [8] * 3 * 2 * device_views  # 24 images: 3 batches an epoch
+    losses, weights = runs["device"]
+    assert all(math.isfinite(loss) for loss in losses) and losses[1] < losses[0]
+    assert losses == runs["pil"][0]
+    assert weights.keys() == runs["pil"][1].keys() and all(torch.equal(weights[key], runs["pil"][1][key]) for key in weights)
+
+
+def test_device_views_refuse_one_view_methods_in_one_line(dataset):
+    cfg = tiny_cfg("unused")
+    cfg.DISTILLER.TYPE = "KD"
+    with pytest.raises(ConfigError) as caught:
+        training_feed(dataset, cfg, 1, device=torch.device("cpu"))
+    assert str(caught.value) == (
+        "SLKD.DEVICE_VIEWS makes the weak and strong views of two-view methods (SLD, MLKD); KD trains on one view: "
+        "set SLKD.DEVICE_VIEWS False"
+    )

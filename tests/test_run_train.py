@@ -344,6 +344,27 @@ def test_fused_loss_run_matches_the_eager_run(host, in_tmp, capsys):
 
 
 @pytest.mark.host
+def test_device_views_run_trains_the_pil_run(host, in_tmp, capsys, monkeypatch):
+    """--device-views: a smoke run (SLD, BatchNorm, the pseudo-teacher on at epoch 2) gives the
+    PIL path's metrics to the bit, and config.yaml records SLKD.DEVICE_VIEWS."""
+    from slkd.host.device_views import DeviceViews
+
+    made = []
+    make = DeviceViews.make
+    monkeypatch.setattr(DeviceViews, "make", lambda self, draws: made.append(draws.size) or make(self, draws))
+    small = ["--cfg", str(CONFIGS / "cifar100" / "sld" / "res56_res20.yaml"), "--smoke", "--device", "cpu"]
+    metrics = {}
+    for name, extra in (("pil", []), ("device", ["--device-views"])):
+        assert _main(small + extra + ["LOG.PREFIX", name]) == 0
+        metrics[name] = [json.loads(line) for line in next(Path(name).rglob("metrics.jsonl")).read_text().splitlines()]
+        assert (len(made) > 0) == (name == "device")
+    assert "DEVICE_VIEWS: true" in next(Path("device").rglob("config.yaml")).read_text()
+    keys = ("loss_ce", "loss_kd", "train_acc", "test_loss", "test_acc")
+    assert [[row[key] for key in keys] for row in metrics["device"]] == [[row[key] for key in keys] for row in metrics["pil"]]
+    assert len(metrics["device"]) == 2 and all(math.isfinite(row["loss_kd"]) for row in metrics["device"])
+
+
+@pytest.mark.host
 def test_fused_loss_without_a_gpu_is_one_line(host, in_tmp):
     """Outside Triton's interpreter the fused loss needs CUDA: one line naming the fix (in a
     subprocess: the interpreter is chosen when slkd.losses.sld_fused is imported)."""

@@ -4,7 +4,9 @@ Registered in mdistiller's ``trainer_dict`` as ``"slkd"`` and built with mdistil
 arguments ``(experiment_name, distiller, train_loader, val_loader, cfg)``, so the host's
 ``tools/train.py`` can run it. From the host's loaders it keeps only the datasets: it sets
 their transform to one or two views (what the distiller's ``num_views`` asks for) and feeds
-them with its own loaders (:mod:`slkd.host.data`).
+them with its own loaders (:mod:`slkd.host.data`); with ``SLKD.DEVICE_VIEWS`` the loader
+yields each batch's draws and CIFAR-100's two views are made on the device
+(:mod:`slkd.host.device_views`).
 
 The trainer holds the epoch loop; its pieces live beside it: the process's kernel settings,
 seeds and precision in :mod:`slkd.host.runtime`, DistributedDataParallel in
@@ -34,7 +36,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from slkd.host import data, ddp, graphs, metrics, optim, runtime
+from slkd.host import data, ddp, device_views, graphs, metrics, optim, runtime
 from slkd.host.config import ConfigError, validate_run_options
 from slkd.utils import checkpoint
 from slkd.utils.distributed import DistContext, all_reduce_sum
@@ -94,7 +96,11 @@ class SLKDTrainer:
 
         data.use_views(train_loader.dataset, cfg.DATASET.TYPE, self.num_views)
         ranks = {"world_size": self.context.world_size, "rank": self.context.rank, "device": self.device}
-        self.train_loader = data.train_loader(train_loader.dataset, cfg, **ranks)
+        self.device_views = None  # SLKD.DEVICE_VIEWS: the loader yields draws, the views are made on the device
+        if cfg.SLKD.DEVICE_VIEWS:
+            self.device_views, self.train_loader = device_views.training_feed(train_loader.dataset, cfg, self.num_views, **ranks)
+        else:
+            self.train_loader = data.train_loader(train_loader.dataset, cfg, **ranks)
         self.val_loader = data.test_loader(val_loader.dataset, cfg, **ranks)
 
         # fused on a GPU: one kernel per update, and fp16's scaler never reads its inf flag on the host
@@ -213,9 +219,12 @@ class SLKDTrainer:
         """``(images, target, extras)`` of a training loader's batch, on the trainer's device
         as :meth:`step` takes them: float images (a list of two views for a two-view distiller),
         channels-last with ``SLKD.CHANNELS_LAST``; ``extras`` holds the dataset's ``index``
-        (and CRD's ``contrastive_index``) when the batch has them."""
+        (and CRD's ``contrastive_index``) when the batch has them. Under ``SLKD.DEVICE_VIEWS``
+        the batch holds the views' draws, and the views are made here, on the device."""
         images, target = batch[0], batch[1]
-        if self.num_views == 2:
+        if self.device_views is not None:
+            images = [self._image_to_device(view) for view in self.device_views.make(images)]
+        elif self.num_views == 2:
             if not isinstance(images, (list, tuple)) or len(images) != 2:
                 raise TypeError(
                     "the distiller needs two views per batch but the loader yields one image "
