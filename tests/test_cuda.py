@@ -207,3 +207,23 @@ def test_device_views_on_gpu_make_no_host_device_sync():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert weak.is_cuda and strong.shape == (64, 3, 32, 32)
+
+
+def test_device_views_on_gpu_feed_steps_without_host_device_sync(tmp_path):
+    """SLKD.DEVICE_VIEWS in the trainer: making the views (to_device) and the steps on them."""
+    from slkd.utils.distributed import DistContext
+
+    cfg = tiny_cfg(tmp_path)
+    cfg.SLKD.DEVICE_VIEWS = True
+    trainer = tiny_trainer(cfg, context=DistContext(device=torch.device("cuda", 0)), random_views=True)
+    trainer.distiller.train()
+    batch = next(iter(trainer.train_loader))  # the draws, made and pinned by the loader
+    trainer.step(*trainer.to_device(batch), epoch=2)  # warm-up: allocator, cuDNN
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            result = trainer.step(*trainer.to_device(batch), epoch=2)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(result.loss).item()
