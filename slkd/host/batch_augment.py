@@ -42,7 +42,8 @@ normalise      here: ``(v / 255 - mean) / std`` in float32, as         0
 =============  ======================================================  ==================
 
 The differences are measured by tests/test_host_batch_augment.py on the same images and
-parameters. Where exactness rests on an assumption, it is this: PIL's C code is compiled
+parameters, on CPU tensors; tests/test_cuda.py checks the views made on a GPU against PIL's
+too (not yet run on one). Where exactness rests on an assumption, it is this: PIL's C code is compiled
 without fused multiply-adds (x86-64 wheels are; an aarch64 build may contract ``a + b * c``
 in its blends and filter, which could move a pixel by 1); and PIL translates by adding 1.0 to
 a double once per pixel, which can cross an integer where ``t + 0.5 + k`` lies within about
@@ -62,7 +63,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as tvf
-
 
 FIXED_ONE = 1 << 16  # 1.0 in PIL's 16.16 fixed point
 FIXED_HALF = 1 << 15
