@@ -1,15 +1,26 @@
 """The errors slkd raises for bad input: each message says what to change.
 
-Command-line entry points print these as one line and exit 1; anything else is a bug and
-keeps its traceback.
+Every class is defined here, and this module imports nothing of slkd, torch or the host, so
+the list can be read (``from slkd.errors import KNOWN_ERRORS``) without loading torchvision
+or PIL. The modules that raise them import them from here (and keep the old names, e.g.
+``slkd.host.config.ConfigError``, as the same class). Command-line entry points print these
+as one line and exit 1; anything else is a bug and keeps its traceback.
 """
 
-from slkd.host.config import ConfigError
-from slkd.host.data import DatasetMissing
-from slkd.host.models import ModelError
-from slkd.host.registry import HostNotFound, RegistrationConflict
-from slkd.host.trainer import NonFiniteLoss
-from slkd.utils.checkpoint import CheckpointError
+__all__ = [
+    "BenchError",
+    "CheckpointError",
+    "ConfigError",
+    "DatasetMissing",
+    "FetchError",
+    "HostNotFound",
+    "KNOWN_ERRORS",
+    "ModelError",
+    "NonFiniteLoss",
+    "RegistrationConflict",
+    "StepCaptureError",
+    "UsageError",
+]
 
 
 class UsageError(RuntimeError):
@@ -18,6 +29,49 @@ class UsageError(RuntimeError):
     Defined here, not in :mod:`slkd.run.train`: under ``python -m slkd.run.train`` that module
     runs as ``__main__``, and a class of its own would not be the one ``KNOWN_ERRORS`` holds.
     """
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message says what to change."""
+
+
+class DatasetMissing(FileNotFoundError):
+    """The dataset files are not where the host reads them; the message says how to fetch them."""
+
+
+class ModelError(ValueError):
+    """A network that cannot be built or loaded; the message names the fix."""
+
+
+class HostNotFound(ImportError):
+    """mdistiller cannot be imported; the message says how to install it."""
+
+
+class RegistrationConflict(RuntimeError):
+    """The host already has a different object under a name slkd registers."""
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss became NaN or infinite; the message names epoch, iteration and loss terms."""
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint; the message names the files tried."""
+
+
+class StepCaptureError(RuntimeError):
+    """A step could not be recorded as a CUDA graph; the message names the fix."""
+
+
+class FetchError(RuntimeError):
+    """A checkout, download, checkpoint or dataset is missing or broken.
+
+    The message names the offending path and the command that fixes it.
+    """
+
+
+class BenchError(ValueError):
+    """A benchmark that cannot run or report; the message says what to change."""
 
 
 KNOWN_ERRORS = (
@@ -29,4 +83,8 @@ KNOWN_ERRORS = (
     NonFiniteLoss,
     UsageError,
     CheckpointError,
+    StepCaptureError,
+    FetchError,
+    BenchError,
 )
+"""Every class above: what a command prints as one line."""

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import yaml
 
+from slkd.errors import BenchError
+
 METHODS = ("KD", "DKD", "CRD", "MLKD", "SLD")
 
-
-class BenchError(ValueError):
-    """A benchmark that cannot run or report; the message says what to change."""
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from pathlib import Path
 import yaml
 from yacs.config import CfgNode as CN
 
+from slkd.errors import ConfigError
 from slkd.losses.sld import temperature_tensor
 
 SLD_DEFAULTS = {
@@ -76,9 +77,6 @@ NUMERIC_RANGES = (
     ("SLKD.LOADER.PREFETCH", int, lambda v: v >= 1, ">= 1"),
 )
 
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message says what to change."""
 
 
 def sld_node() -> CN:

@@ -29,12 +29,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
-from slkd.host.config import ConfigError
+from slkd.errors import ConfigError, DatasetMissing
 from slkd.host.views import TWO_VIEW_TYPES, cifar100_test_transform, cifar100_weak_transform, two_view_transform
 
-
-class DatasetMissing(FileNotFoundError):
-    """The dataset files are not where the host reads them; the message says how to fetch them."""
 
 
 class SyntheticCIFAR100(Dataset):

@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import torch
 
-from slkd.host.config import ConfigError
+from slkd.errors import ConfigError, StepCaptureError
 
 WARMUP_STEPS = 3
 
@@ -103,9 +103,6 @@ class CudaGraphBackend:
     def replay(graph) -> None:
         graph.replay()
 
-
-class StepCaptureError(RuntimeError):
-    """A step could not be recorded as a CUDA graph; the message names the fix."""
 
 
 class StepGraphs:

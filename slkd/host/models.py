@@ -6,6 +6,7 @@ import os
 
 import torch
 
+from slkd.errors import ModelError
 from slkd.host.registry import Host
 
 
@@ -13,9 +14,6 @@ from slkd.host.registry import Host
 # the MLKD fork's (and the released SLD code's) MobileNetV2.
 IMAGENET_ALIASES = {"MobileNetV1": "MobileNetV2", "MobileNetV2": "MobileNetV1"}
 
-
-class ModelError(ValueError):
-    """A network that cannot be built or loaded; the message names the fix."""
 
 
 def resolve_name(host: Host, dataset_type: str, name: str) -> str:

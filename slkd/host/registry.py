@@ -12,6 +12,8 @@ import importlib
 from dataclasses import dataclass
 from types import ModuleType
 
+from slkd.errors import HostNotFound, RegistrationConflict
+
 INSTALL_HINT = (
     "slkd needs mdistiller, which is not on PyPI. Install it next to slkd:\n"
     "  git clone https://github.com/megvii-research/mdistiller && cd mdistiller && "
@@ -23,12 +25,6 @@ INSTALL_HINT = (
 TRAINER_NAME = "slkd"
 
 
-class HostNotFound(ImportError):
-    """mdistiller cannot be imported; the message says how to install it."""
-
-
-class RegistrationConflict(RuntimeError):
-    """The host already has a different object under a name slkd registers."""
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from slkd.host import data, ddp, device_views, graphs, metrics, optim, runtime
-from slkd.host.config import ConfigError, validate_run_options
+from slkd.errors import ConfigError, NonFiniteLoss
+from slkd.host.config import validate_run_options
 from slkd.utils import checkpoint
 from slkd.utils.distributed import DistContext, all_reduce_sum
 from slkd.utils.records import RunRecord, environment
@@ -47,9 +48,6 @@ from slkd.utils.settings import EXECUTION_KEYS, changed_settings
 #: and SOLVER.EPOCHS, to train a run further. Any other change is refused by ``--resume``.
 RESUME_MAY_CHANGE = ("SOLVER.EPOCHS", *EXECUTION_KEYS)
 
-
-class NonFiniteLoss(FloatingPointError):
-    """The loss became NaN or infinite; the message names epoch, iteration and loss terms."""
 
 
 class StepResult(NamedTuple):

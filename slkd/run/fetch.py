@@ -46,6 +46,8 @@ import torch
 from torchvision import datasets
 from torchvision.datasets.utils import calculate_md5, download_and_extract_archive
 
+from slkd.errors import FetchError
+
 __all__ = [
     "CIFAR100_SPLIT_SIZES",
     "CIFAR_TEACHERS",
@@ -87,12 +89,6 @@ CIFAR100_SPLIT_SIZES: Mapping[str, int] = {"train": 50000, "test": 10000}
 
 _DOWNLOAD_CHUNK = 1 << 20
 
-
-class FetchError(RuntimeError):
-    """A checkout, download, checkpoint or dataset is missing or broken.
-
-    The message names the offending path and the command that fixes it.
-    """
 
 
 def _command(*args: object) -> str:

@@ -18,11 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from slkd.errors import CheckpointError
+
 RESUME_CHECKPOINTS = ("latest", "latest.prev")  # what save_latest(state, folder) leaves behind
 
-
-class CheckpointError(RuntimeError):
-    """No usable checkpoint; the message names the files tried."""
 
 
 def save_atomic(obj, path: str | os.PathLike) -> None:
