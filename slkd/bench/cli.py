@@ -4,12 +4,13 @@
                    [--out DIR] [--epochs N] [--set KEY VALUE]... [--parallel N]
                    [--device cpu|cuda] [--amp none|bf16|fp16] [--smoke | --synthetic N]
                    [--mdistiller-root PATH] [--dry-run]
-    slkd-bench report DIR
+    slkd-bench report DIR [--import PATH...]
 
 ``run`` trains every (method, seed) with slkd-train in its own process, into
 ``DIR/<pair>/<method>/seed<k>/``; run it again to continue a stopped benchmark (finished
 runs are skipped, half-done ones resumed). ``report`` writes ``summary.md``,
-``summary.csv``, ``curves.png``, ``losses.png`` and ``swaps.png`` next to the runs.
+``summary.csv``, ``curves.png``, ``losses.png`` and ``swaps.png`` next to the runs;
+``--import`` adds training logs in mdistiller's ``worklog.txt`` format as rows and curves.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def parse_args(argv=None):
 
     report = commands.add_parser("report", help="tables and figures from the run folders")
     report.add_argument("dir", help="the benchmark folder given to run --out")
+    report.add_argument("--import", dest="imports", nargs="+", default=[], metavar="PATH", help="training logs in mdistiller's worklog.txt format (files or run folders), shown as extra rows and curves labelled imported")
     return parser.parse_args(argv)
 
 
@@ -105,7 +107,7 @@ def _print_outcomes(outcomes, runs, dry_run: bool) -> int:
 def report_command(args) -> int:
     from slkd.bench.report import report
 
-    for path in report(Path(args.dir), echo=print):
+    for path in report(Path(args.dir), echo=print, imports=args.imports):
         print(f"[slkd-bench] wrote {path}")
     return 0
 

@@ -14,12 +14,14 @@ matplotlib is imported only here, when the figures are drawn.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
 from slkd.bench.sources import BenchError
 
 PANEL_SIZE = (5.0, 3.6)
+LEGEND_WIDTH = 40  # characters per legend line (an imported log's label holds its path)
 
 
 def draw_all(table: list, root: Path, tables_written=()) -> list[Path]:
@@ -87,7 +89,7 @@ def _curves(table, path, mpl) -> Path:
     figure, axes = _grid(len(pairs), mpl, columns=2)
     for axis, pair in zip(axes, pairs):
         for row in (row for row in table if row.pair == pair):
-            _band(axis, row.runs, "test_acc", f"{row.name} (n={row.n})")
+            _band(axis, row.runs, "test_acc", textwrap.fill(f"{row.name} (n={row.n})", LEGEND_WIDTH))
         axis.set(title=f"{pair}: test top-1, mean and min-max over seeds", xlabel="epoch", ylabel="top-1 (%)")
         axis.legend(fontsize="small")
     figure.savefig(path, dpi=120)

@@ -32,7 +32,8 @@ import yaml
 from slkd.bench.configs import PLACEMENT_KEYS
 from slkd.bench.plan import is_complete, read_summary, run_options
 from slkd.bench.published import SOURCES, TOP1, published
-from slkd.bench.sources import METHODS, BenchError
+from slkd.bench.sources import METHODS, BenchError, known_pairs
+from slkd.bench.worklog import Worklog, WorklogError
 from slkd.utils.settings import EXECUTION_KEYS, flatten, is_under
 
 SEED_FOLDER = re.compile(r"seed(\d+)$")
@@ -105,6 +106,51 @@ class RunFolder:
 
 
 @dataclass
+class ImportedRun:
+    """An imported ``worklog.txt`` (:mod:`slkd.bench.worklog`), read as a run: its row and
+    curve are labelled ``imported`` with its path; what the log does not record (seed,
+    views, data, precision, machine) is shown as not recorded."""
+
+    log: Worklog
+    pair: str
+    method: str
+    seed = None
+    config = {}
+    environment = {}
+    views = "not recorded"
+    augmentation = "not recorded"
+    data = "imported log"
+    amp = "not recorded"
+    complete = True
+
+    @property
+    def folder(self) -> Path:
+        return self.log.path
+
+    @property
+    def metrics(self) -> list:
+        return self.log.epochs
+
+    @property
+    def summary(self) -> dict:
+        epochs = self.log.epochs[-1]["epoch"]
+        return {"best_acc": self.log.best, "last_acc": self.log.last, "epochs_done": epochs, "epochs": epochs}
+
+
+def imported_row(log: Worklog) -> "Row":
+    """The report row of an imported log: its pair and method read from its folder's name
+    (mdistiller's ``method,teacher,student`` tag) when that names a known pair, else
+    ``imported``."""
+    parts, pair, method = log.name_parts(), "imported", "imported"
+    if parts:
+        candidate = f"{parts[1]}_{parts[2]}"
+        if candidate in known_pairs():
+            pair, method = candidate, parts[0].upper()
+    state = "" if log.finished else f", unfinished at epoch {log.epochs[-1]['epoch']}"
+    return Row(pair, method, [ImportedRun(log, pair, method)], label=f"imported: {log.path}{state}")
+
+
+@dataclass
 class Row:
     """One line of the summary: a (pair, method) over its complete runs with one setting;
     ``differing`` names the settings in which this row's runs differ from the pair and
@@ -143,7 +189,7 @@ class Row:
             "method": self.method,
             "settings": self.label,
             "n": self.n,
-            "seeds": " ".join(str(run.seed) for run in self.runs),
+            "seeds": " ".join(str(run.seed) for run in self.runs if run.seed is not None),
             "best_mean": statistics.mean(best),
             "best_std": statistics.stdev(best) if self.n > 1 else None,
             "last_mean": statistics.mean(last),
@@ -247,17 +293,28 @@ def mixed_settings(table: list[Row]) -> list[str]:
     ]
 
 
-def report(folder: Path, echo=print) -> list[Path]:
-    """Write the tables and figures next to the runs; return the files written."""
-    from slkd.bench import plots
+def report(folder: Path, echo=print, imports=()) -> list[Path]:
+    """Write the tables and figures next to the runs; return the files written. ``imports``:
+    paths of ``worklog.txt`` files (or their folders) shown as extra rows and curves; with
+    them, ``folder`` may hold no runs (the report is then written into it)."""
+    from slkd.bench import plots, worklog
 
-    root = runs_root(Path(folder))
+    try:
+        logs = [worklog.read(path) for path in imports]
+    except WorklogError as error:
+        raise BenchError(str(error)) from None
+    if logs and not _run_folders(Path(folder)) and not _run_folders(Path(folder) / "smoke"):
+        root = Path(folder)
+        root.mkdir(parents=True, exist_ok=True)
+    else:
+        root = runs_root(Path(folder))
     if root != Path(folder):
         echo(f"[slkd-bench] only smoke runs under {folder}: reporting {root}")
     records = load_runs(root)
     table = rows(records)
-    if not table:
+    if not table and not logs:
         raise BenchError(f"no complete run under {root}: each run's summary.json must record all its epochs")
+    table += [imported_row(log) for log in logs]
     for warning in mixed_settings(table):
         echo(f"[slkd-bench] warning: {warning}")
     written = [write_csv(table, root / "summary.csv"), write_markdown(table, records, root / "summary.md")]
@@ -312,6 +369,12 @@ def _notes(table: list[Row], records: list[RunFolder]) -> list[str]:
         notes.append("smoke runs: synthetic data and random teachers for two short epochs; their accuracies and times check the wiring, they measure nothing.")
     if any(label.startswith("synthetic (") and "--smoke" not in label for label in data):
         notes.append("synthetic runs (--synthetic): the configs' batch, loaders and loop on random pixels with random teachers; their times measure the loop, their accuracies mean nothing.")
+    if any(isinstance(run, ImportedRun) for row in table for run in row.runs):
+        notes.append(
+            "imported rows: read from a training log in mdistiller's worklog.txt format (--import), not run by slkd-bench; "
+            "best is the log's best_acc line (else its highest test_acc), last its final epoch's test_acc; "
+            "its seed, data, views and machine are not recorded there."
+        )
     notes.append("seconds per epoch: mean over the runs' epochs of the training and of the evaluation time; peak GPU memory: the highest over epochs and runs (CUDA runs only).")
     left_out = [f"{r.pair} {r.method} seed{r.seed} ({r.summary.get('epochs_done')}/{r.summary.get('epochs')} epochs)" for r in records if not r.complete and r.summary]
     if left_out:
@@ -326,6 +389,8 @@ def _machines(table: list[Row]) -> dict[str, list]:
     for row in table:
         for run in row.runs:
             env = run.environment
+            if not env:  # an imported log records no machine
+                continue
             host = env.get("host") or {}
             machine = (
                 f"{', '.join(env.get('gpus') or []) or 'CPU only'}; torch {env.get('torch', '?')}, CUDA {env.get('cuda')}; "
