@@ -17,7 +17,8 @@ import pytest
 
 from slkd.bench.cli import main
 from slkd.bench.report import report
-from slkd.bench.worklog import WorklogError, parse, read
+from slkd.bench.worklog import parse, read
+from slkd.errors import BenchError
 
 TEST_ACC = [20.5, 41.25, 39.75]
 
@@ -77,7 +78,7 @@ def test_a_resumed_log_keeps_the_last_block_of_each_epoch(tmp_path):
     ],
 )
 def test_what_is_not_a_worklog_is_refused_in_one_line(tmp_path, text, message):
-    with pytest.raises(WorklogError, match=message) as error:
+    with pytest.raises(BenchError, match=message) as error:
         parse(text, tmp_path / "worklog.txt")
     assert "\n" not in str(error.value)
 

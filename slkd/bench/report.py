@@ -33,7 +33,7 @@ from slkd.bench.configs import PLACEMENT_KEYS
 from slkd.bench.plan import is_complete, read_summary, run_options
 from slkd.bench.published import SOURCES, TOP1, published
 from slkd.bench.sources import METHODS, BenchError, known_pairs
-from slkd.bench.worklog import Worklog, WorklogError
+from slkd.bench.worklog import Worklog
 from slkd.utils.settings import EXECUTION_KEYS, flatten, is_under
 
 SEED_FOLDER = re.compile(r"seed(\d+)$")
@@ -299,10 +299,7 @@ def report(folder: Path, echo=print, imports=()) -> list[Path]:
     them, ``folder`` may hold no runs (the report is then written into it)."""
     from slkd.bench import plots, worklog
 
-    try:
-        logs = [worklog.read(path) for path in imports]
-    except WorklogError as error:
-        raise BenchError(str(error)) from None
+    logs = [worklog.read(path) for path in imports]
     if logs and not _run_folders(Path(folder)) and not _run_folders(Path(folder) / "smoke"):
         root = Path(folder)
         root.mkdir(parents=True, exist_ok=True)

@@ -28,14 +28,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from slkd.errors import BenchError
+
 FILE_NAME = "worklog.txt"
 SEPARATOR = re.compile(r"-{5,}")
 BEST = re.compile(r"best_acc\s+(-?[0-9.]+)")
 ENTRY = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*:\s*(\S+)\s*$")
-
-
-class WorklogError(ValueError):
-    """A file that is not a worklog; the message names the file and what is wrong."""
 
 
 @dataclass
@@ -75,7 +73,7 @@ def resolve(path: str | Path) -> Path:
     if path.is_dir():
         path = path / FILE_NAME
     if not path.is_file():
-        raise WorklogError(f"--import {path}: no such file; give a worklog.txt or the run folder holding it")
+        raise BenchError(f"--import {path}: no such file; give a worklog.txt or the run folder holding it")
     return path
 
 
@@ -97,16 +95,16 @@ def parse(text: str, path: Path) -> Worklog:
             continue
         entry = ENTRY.match(line)
         if entry is None:
-            raise WorklogError(f"{path}:{number}: {line.strip()[:60]!r} is not a 'key: value' line of mdistiller's worklog.txt")
+            raise BenchError(f"{path}:{number}: {line.strip()[:60]!r} is not a 'key: value' line of mdistiller's worklog.txt")
         key, value = entry.groups()
         try:
             block[key] = int(value) if key == "epoch" else float(value)
         except ValueError:
-            raise WorklogError(f"{path}:{number}: {key} is {value!r}, not a number") from None
+            raise BenchError(f"{path}:{number}: {key} is {value!r}, not a number") from None
     _close(block, by_epoch, path)
     log.epochs = [by_epoch[epoch] for epoch in sorted(by_epoch)]
     if not log.epochs:
-        raise WorklogError(f"{path}: no epoch block (epoch:, test_acc: ... between dashed lines): not an mdistiller worklog.txt")
+        raise BenchError(f"{path}: no epoch block (epoch:, test_acc: ... between dashed lines): not an mdistiller worklog.txt")
     return log
 
 
@@ -116,7 +114,7 @@ def _close(block: dict, by_epoch: dict, path) -> None:
         return
     missing = [key for key in ("epoch", "test_acc") if key not in block]
     if missing:
-        raise WorklogError(f"{path}: an epoch block without {' and '.join(missing)}: not an mdistiller worklog.txt")
+        raise BenchError(f"{path}: an epoch block without {' and '.join(missing)}: not an mdistiller worklog.txt")
     by_epoch[block["epoch"]] = block
 
 
