@@ -24,7 +24,7 @@ from slkd.bench import plan as planning
 from slkd.bench import run as bench_run
 from slkd.bench.cli import _print_outcomes, main
 from slkd.bench.configs import mdistiller_lr, parse_overrides, run_config
-from slkd.bench.plan import run_options
+from slkd.bench.plan import recorded_options
 from slkd.bench.published import TOP1
 from slkd.bench.report import report
 from slkd.bench.run import LOG_NAME, PID_NAME, Options, _running_pid, claim, command, execute
@@ -35,9 +35,10 @@ METHODS = ["KD", "DKD", "CRD", "MLKD", "SLD"]
 
 
 # --------------------------------------------------------------------------- hand-written runs
-def write_run(root, pair, method, seed, best, last, *, epochs=3, done=None, views_off=False, memory=None, seconds=(2.0, 4.0), smoke=False, solver=None, options=""):
+def write_run(root, pair, method, seed, best, last, *, epochs=3, done=None, views=None, memory=None, seconds=(2.0, 4.0), smoke=False, solver=None, data="real"):
     """A run folder as slkd's trainer leaves it, with the numbers given (``solver``: SOLVER
-    keys of its config; ``options``: more slkd-train arguments)."""
+    keys of its config; ``views``: default 2 for SLD and MLKD, else 1; ``data``: as the
+    trainer records it, real or synthetic N)."""
     folder = Path(root) / pair / method / f"seed{seed}"
     folder.mkdir(parents=True)
     done = epochs if done is None else done
@@ -51,15 +52,16 @@ def write_run(root, pair, method, seed, best, last, *, epochs=3, done=None, view
             line["peak_memory_mib"] = memory + epoch
         metrics.append(line)
     (folder / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in metrics))
-    summary = {"best_acc": best, "last_acc": last, "epochs_done": done, "epochs": epochs, "seed": seed, "method": method}
+    views = views if views is not None else (2 if method in ("SLD", "MLKD") else 1)
+    summary = {"best_acc": best, "last_acc": last, "epochs_done": done, "epochs": epochs, "seed": seed, "method": method,
+               "views": views, "data": "synthetic 64" if smoke else data, "smoke": smoke, "device": "cuda"}
     (folder / "summary.json").write_text(json.dumps(summary))
     config = {
-        "DISTILLER": {"TYPE": method}, "DATASET": {"TYPE": "cifar100"}, "SLD": {"STRONG_VIEW": not views_off, "GAMMA": 2},
+        "DISTILLER": {"TYPE": method}, "DATASET": {"TYPE": "cifar100"}, "SLD": {"GAMMA": 2},
         "SOLVER": solver or {"LR": 0.05}, "SLKD": {"SEED": seed, "AMP": "none"},
         "LOG": {"PREFIX": str(root)}, "EXPERIMENT": {"NAME": f"seed{seed}", "PROJECT": f"{pair}/{method}"},  # placement: differs per seed
     }
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
-    (folder / "command.txt").write_text(f"slkd-train --cfg x.yaml --seed {seed}" + (" --smoke" if smoke else "") + f" {options}\n")
     (folder / "environment.json").write_text(json.dumps({"gpus": ["Test GPU"], "torch": "9.9", "cuda": "12.0", "slkd": "0.1.0"}))
     return folder
 
@@ -151,7 +153,7 @@ def test_runs_with_other_settings_are_not_averaged_together(tmp_path):
     for seed, best in enumerate([70.0, 72.0]):
         write_run(tmp_path, pair, "KD", seed, best, best)
     write_run(tmp_path, pair, "KD", 2, 60.0, 60.0, solver={"LR": 0.1})
-    write_run(tmp_path, pair, "KD", 3, 1.0, 1.0, options="--synthetic 512")
+    write_run(tmp_path, pair, "KD", 3, 1.0, 1.0, data="synthetic 512")
     write_run(tmp_path, pair, "KD", 4, 50.0, 50.0, solver={"LR": 0.05, "LR_DECAY_STAGES": [1, 2]})
     warnings = []
     report(tmp_path, echo=warnings.append)
@@ -200,7 +202,7 @@ def test_report_without_sld_draws_no_swaps(tmp_path):
 
 
 def test_one_view_sld_and_smoke_runs_are_labelled(tmp_path):
-    write_run(tmp_path / "smoke", "res56_res20", "SLD", 0, 1.0, 1.0, views_off=True, smoke=True)
+    write_run(tmp_path / "smoke", "res56_res20", "SLD", 0, 1.0, 1.0, views=1, smoke=True)
     notes = []
     report(tmp_path, echo=notes.append)  # finds the smoke folder by itself
     row = read_csv(tmp_path / "smoke" / "summary.csv")[("res56_res20", "SLD")]
@@ -252,7 +254,7 @@ def test_command_lines():
 
 # --------------------------------------------------------------------------- the scheduler
 # A stand-in for slkd-train: argv is the folder, what to do, then the command line slkd-bench
-# built, which it records as slkd-train does (command.txt) when it finishes.
+# built, which it records as slkd-train does (summary.json's data, smoke, device) when it finishes.
 STAND_IN = """
 import json, os, sys, time
 folder, mode, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
@@ -262,8 +264,10 @@ if mode == "fail":
     print("slkd-train: error: a stand-in failure", file=sys.stderr)
     sys.exit(3)
 if mode == "ok":
-    open(os.path.join(folder, "command.txt"), "w").write(" ".join(["slkd-train"] + argv) + "\\n")
-    open(os.path.join(folder, "summary.json"), "w").write(json.dumps({"best_acc": 1.0, "epochs_done": 2, "epochs": 2}))
+    data = "synthetic " + argv[argv.index("--synthetic") + 1] if "--synthetic" in argv else "real"
+    device = argv[argv.index("--device") + 1] if "--device" in argv else "cpu"
+    record = {"data": data, "smoke": "--smoke" in argv, "device": device}
+    open(os.path.join(folder, "summary.json"), "w").write(json.dumps(dict(record, best_acc=1.0, epochs_done=2, epochs=2)))
 """
 
 
@@ -393,8 +397,9 @@ def test_a_run_finished_meanwhile_is_skipped_when_its_turn_comes(tmp_path, stand
 
 
 def _half_done(folder):
-    """As if killed after epoch 1 of 2."""
-    (folder / "summary.json").write_text(json.dumps({"best_acc": 1.0, "epochs_done": 1, "epochs": 2}))
+    """As if killed after epoch 1 of 2 (the summary keeps what the trainer recorded)."""
+    summary = json.loads((folder / "summary.json").read_text())
+    (folder / "summary.json").write_text(json.dumps(dict(summary, epochs_done=1)))
     (folder / "latest").write_bytes(b"checkpoint")
 
 
@@ -439,10 +444,11 @@ def test_dry_run_writes_nothing(tmp_path, stand_in):
     assert "would start" in lines[0] and "SLKD.AMP 'none'" in lines[1]
 
 
-def test_run_options_are_read_as_slkd_train_chooses_them():
-    assert run_options("slkd-train --cfg c.yaml --seed 0 --device cpu --smoke", {"gpus": ["H100"]}) == {"data": "smoke", "device": "cpu"}
-    assert run_options("slkd-train --cfg c.yaml --synthetic=512", {"gpus": ["H100"]}) == {"data": "synthetic 512", "device": "cuda"}
-    assert run_options("slkd-train --cfg c.yaml", {"gpus": []}) == {"data": "real", "device": "cpu"}
+def test_run_options_are_read_from_what_the_trainer_recorded():
+    assert recorded_options({"data": "synthetic 64", "smoke": True, "device": "cpu"}) == {"data": "smoke", "device": "cpu"}
+    assert recorded_options({"data": "synthetic 512", "smoke": False, "device": "cuda"}) == {"data": "synthetic 512", "device": "cuda"}
+    assert recorded_options({"data": "real", "device": "cpu"}) == {"data": "real", "device": "cpu"}
+    assert recorded_options({"best_acc": 1.0}) == {} and recorded_options(None) == {}
 
 
 def test_every_run_failing_is_said_instead_of_pointing_to_the_report(tmp_path, stand_in, capsys):

@@ -111,6 +111,7 @@ def test_smoke_run_metrics(smoke_run):
     assert summary["last_acc"] == lines[-1]["test_acc"]
     assert summary["best_acc"] == max(line["test_acc"] for line in lines)
     assert "seed" in summary
+    assert (summary["views"], summary["data"], summary["smoke"], summary["device"]) == (2, "synthetic 16", True, "cpu")
 
 
 @pytest.mark.host

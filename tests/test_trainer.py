@@ -51,6 +51,8 @@ def test_run_folder_records_everything(tmp_path):
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["best_acc"] == max(line["test_acc"] for line in lines)
     assert summary["last_acc"] == lines[-1]["test_acc"] and summary["seed"] == 0
+    # what the benchmark reads instead of re-deriving it: the tiny sets are 24 synthetic images
+    assert (summary["views"], summary["data"], summary["smoke"], summary["device"]) == (2, "synthetic 24", False, "cpu")
     state = load(folder / "latest")
     assert {"epoch", "model", "optimizer", "best_acc", "rng", "scaler", "config"} <= set(state)
 

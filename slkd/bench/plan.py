@@ -11,8 +11,7 @@ A run is one (pair, method, seed); its folder is ``<out>/<pair>/<method>/seed<k>
 - ``start``: anything else (no folder, or no checkpoint); slkd-train starts it from epoch 1.
 
 A run's data and device, which are options of slkd-train's command line rather than config
-keys, are read from the records slkd-train writes when it starts a run (``command.txt``,
-``environment.json``): :func:`run_options`.
+keys, are read from what its trainer recorded in ``summary.json``: :func:`recorded_options`.
 """
 
 from __future__ import annotations
@@ -68,32 +67,17 @@ def is_complete(summary: dict | None) -> bool:
     return bool(summary) and summary.get("epochs_done") is not None and summary["epochs_done"] >= summary.get("epochs", float("inf"))
 
 
-def run_options(command: str, environment: dict) -> dict:
-    """``{"data": "real" | "smoke" | "synthetic N", "device": "cpu" | "cuda"}`` of a run, from
-    its slkd-train command line and environment record (no ``--device``: cuda when the run saw
-    a GPU, as slkd-train chooses)."""
-    words = [part for word in command.split() for part in word.split("=", 1)]
-    if "--smoke" in words:
-        data = "smoke"
-    elif "--synthetic" in words[:-1]:
-        data = f"synthetic {words[words.index('--synthetic') + 1]}"
-    else:
-        data = "real"
-    device = words[words.index("--device") + 1] if "--device" in words[:-1] else ("cuda" if environment.get("gpus") else "cpu")
-    return {"data": data, "device": device}
-
-
-def recorded_options(folder: Path) -> dict:
-    """:func:`run_options` of the run in ``folder`` ({} when slkd-train left no command.txt)."""
-    try:
-        command = (Path(folder) / "command.txt").read_text()
-    except OSError:
-        return {}
-    try:
-        environment = json.loads((Path(folder) / "environment.json").read_text())
-    except (OSError, ValueError):
-        environment = {}
-    return run_options(command, environment)
+def recorded_options(summary: dict | None) -> dict:
+    """``{"data": "real" | "smoke" | "synthetic N", "device": "cpu" | "cuda"}`` of a run, as
+    its trainer recorded them in ``summary.json`` (``data``, ``smoke``, ``device``); a key the
+    summary does not hold (a run recorded before these were) is left out."""
+    summary = summary or {}
+    options = {}
+    if "data" in summary:
+        options["data"] = "smoke" if summary.get("smoke") else summary["data"]
+    if "device" in summary:
+        options["device"] = summary["device"]
+    return options
 
 
 def state(folder: Path) -> str:

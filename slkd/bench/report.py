@@ -1,8 +1,9 @@
 """slkd-bench report: tables and figures from the run folders' own records, nothing else.
 
 Reads every ``<pair>/<method>/seed<k>/`` under the benchmark folder (or under its ``smoke/``
-folder when only that one holds runs): ``summary.json``, ``metrics.jsonl``, ``config.yaml``,
-``command.txt`` and ``environment.json``, as slkd's trainer writes them. Only complete runs
+folder when only that one holds runs): ``summary.json`` (with the views, data and device
+the trainer recorded), ``metrics.jsonl``, ``config.yaml`` and ``environment.json``, as
+slkd's trainer writes them. Only complete runs
 (``epochs_done == epochs``) enter the numbers; the others are listed as left out.
 
 Writes ``summary.md`` and ``summary.csv`` (per pair and method: best and last test top-1 as
@@ -30,7 +31,7 @@ from pathlib import Path
 import yaml
 
 from slkd.bench.configs import PLACEMENT_KEYS
-from slkd.bench.plan import is_complete, read_summary, run_options
+from slkd.bench.plan import is_complete, read_summary, recorded_options
 from slkd.bench.published import SOURCES, TOP1, published
 from slkd.bench.sources import METHODS, BenchError, known_pairs
 from slkd.bench.worklog import Worklog
@@ -55,7 +56,6 @@ class RunFolder:
     summary: dict | None
     metrics: list
     config: dict
-    command: str
     environment: dict
 
     @property
@@ -63,25 +63,24 @@ class RunFolder:
         return is_complete(self.summary)
 
     @property
-    def views(self) -> int:
-        """Views per training batch, from the distiller in the run's config."""
-        distiller = self.config.get("DISTILLER", {}).get("TYPE")
-        if distiller == "SLD":
-            return 2 if self.config.get("SLD", {}).get("STRONG_VIEW", True) else 1
-        return 2 if distiller == "MLKD" else 1
+    def views(self) -> int | str:
+        """Views per training batch, as the trainer recorded them."""
+        return (self.summary or {}).get("views", "not recorded")
 
     @property
     def augmentation(self) -> str:
-        return "standard + RandAugment strong view" if self.views == 2 else "standard (crop, flip)"
+        return {1: "standard (crop, flip)", 2: "standard + RandAugment strong view"}.get(self.views, "not recorded")
 
     @property
     def options(self) -> dict:
-        """Data and device, from slkd-train's command line and environment record."""
-        return run_options(self.command, self.environment)
+        """Data and device, as the trainer recorded them in ``summary.json``."""
+        return recorded_options(self.summary)
 
     @property
     def data(self) -> str:
-        mode = self.options["data"]
+        mode = self.options.get("data")
+        if mode is None:
+            return "not recorded"
         if mode == "smoke":
             return "synthetic (--smoke)"
         if mode.startswith("synthetic "):
@@ -235,7 +234,6 @@ def load_runs(root: Path) -> list[RunFolder]:
                 summary=read_summary(folder),
                 metrics=metrics,
                 config=_read_yaml(folder / "config.yaml"),
-                command=_read_text(folder / "command.txt"),
                 environment=_read_json(folder / "environment.json"),
             )
         )
@@ -420,10 +418,3 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text()
-    except OSError:
-        return ""

@@ -14,8 +14,7 @@ its log and does not stop the others.
 
 Not touched, and reported: a run that was done or half done with a different config (other
 than where the output folder sits) or other run options (``--smoke``/``--synthetic``, the
-device: slkd-train's ``command.txt`` and ``environment.json``; ``--amp`` is ``SLKD.AMP`` in
-the config), so that one folder never mixes two protocols; a run claimed by another live
+device: as the run's ``summary.json`` records them; ``--amp`` is ``SLKD.AMP`` in the config), so that one folder never mixes two protocols; a run claimed by another live
 slkd-bench; and a run whose slkd-train, started by an earlier slkd-bench that was killed,
 still runs (its pid is in ``<folder>/bench.pid`` while it runs). Stopping slkd-bench (Ctrl-C,
 SIGTERM) stops its runs; run it again to continue them.
@@ -62,8 +61,8 @@ class Options:
         return self.device or ("cpu" if self.smoke else None)
 
     def run_options(self) -> dict:
-        """The data and device of the runs, as :func:`slkd.bench.plan.run_options` will read
-        them from slkd-train's records (no ``--device``: cuda when torch sees a GPU)."""
+        """The data and device of the runs, as :func:`slkd.bench.plan.recorded_options` will
+        read them from the runs' summaries (no ``--device``: cuda when torch sees a GPU)."""
         data = "smoke" if self.smoke else ("real" if self.synthetic is None else f"synthetic {self.synthetic}")
         device = self.device_for_runs
         if device is None:
@@ -261,12 +260,12 @@ def _decide(job: _Job, options: Options, wanted: dict) -> Outcome | None:
 def _differences(folder: Path, config: dict, wanted: dict) -> list[str]:
     """What differs between the run recorded in ``folder`` and the one asked: config keys
     (from ``bench_config.yaml``, when slkd-bench wrote one) and run options (``data``,
-    ``device``, from slkd-train's records)."""
+    ``device``, from the run's ``summary.json``; one it does not record counts as differing)."""
     config_path = folder / FILE_NAME
     differences = []
     if config_path.is_file():
         differences = protocol_differences(yaml.safe_load(config_path.read_text()) or {}, config)
-    recorded = planning.recorded_options(folder)
+    recorded = planning.recorded_options(planning.read_summary(folder))
     return differences + [key for key in wanted if recorded.get(key) != wanted[key]]
 
 

@@ -101,6 +101,12 @@ def synthetic_cifar100_sets(train_size: int, test_size: int, seed: int = 0, cont
     return train, test
 
 
+def data_source(dataset: Dataset) -> str:
+    """``"synthetic N"`` for a :class:`SyntheticCIFAR100` of N images, else ``"real"``: what a
+    run trained on, as its ``summary.json`` records it."""
+    return f"synthetic {len(dataset)}" if isinstance(dataset, SyntheticCIFAR100) else "real"
+
+
 def check_dataset_files(cfg, data_root: str) -> None:
     """Raise :class:`DatasetMissing` naming the path and the fetch command when absent."""
     if cfg.DATASET.TYPE == "cifar100":

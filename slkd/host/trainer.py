@@ -72,9 +72,10 @@ class SLKDTrainer:
         argv: the command line to record.
         host_package: the imported ``mdistiller`` package, for the environment record (the
             one imported in this process when not given).
+        smoke: the run is ``slkd-train --smoke`` (recorded in ``summary.json``).
     """
 
-    def __init__(self, experiment_name, distiller, train_loader, val_loader, cfg, *, context=None, argv=None, host_package=None):
+    def __init__(self, experiment_name, distiller, train_loader, val_loader, cfg, *, context=None, argv=None, host_package=None, smoke=False):
         validate_run_options(cfg)
         self.cfg = cfg
         host_package = host_package or sys.modules.get("mdistiller")  # mdistiller's tools/train.py passes none
@@ -92,6 +93,8 @@ class SLKDTrainer:
         self.extra_modules = [module for name, module in self.distiller.named_children() if name not in ("student", "teacher")]
         self.student = ddp.wrap_student(self.distiller, cfg, self.context, self.extra_modules)  # the module, never its wrapper
 
+        self.data_source = data.data_source(train_loader.dataset)
+        self.smoke = bool(smoke)
         data.use_views(train_loader.dataset, cfg.DATASET.TYPE, self.num_views)
         ranks = {"world_size": self.context.world_size, "rank": self.context.rank, "device": self.device}
         self.device_views = None  # SLKD.DEVICE_VIEWS: the loader yields draws, the views are made on the device
@@ -417,6 +420,9 @@ class SLKDTrainer:
                 "student": self.cfg.DISTILLER.STUDENT,
                 "world_size": self.context.world_size,
                 "views": self.num_views,
+                "data": self.data_source,  # "real" or "synthetic N"
+                "smoke": self.smoke,
+                "device": self.device.type,
             }
         )
 

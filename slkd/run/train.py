@@ -276,6 +276,7 @@ def run(argv=None) -> float:
             context=context,
             argv=["slkd-train"] + list(argv if argv is not None else sys.argv[1:]),
             host_package=host.package,
+            smoke=args.smoke,
         )
         return trainer.train(resume=args.resume)
     finally:

@@ -6,7 +6,8 @@ A run folder holds::
     command.txt      the command line
     environment.json python, torch, CUDA, GPUs, slkd version, host codebase and its commit
     metrics.jsonl    one JSON object per epoch (loss terms, accuracies, lr, seconds, memory)
-    summary.json     best and last test top-1, epochs done, seed; rewritten after each epoch
+    summary.json     best and last test top-1, epochs done, seed, views, data (real or
+                     synthetic N, smoke), device; rewritten after each epoch
     latest, best, student_latest, student_best   checkpoints (mdistiller's names)
     train.events/    tensorboard logs
 """
