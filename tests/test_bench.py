@@ -123,7 +123,7 @@ def test_published_numbers_sit_beside_the_right_methods(written):
     assert float(kd["published"]) == 73.33 and "mdistiller README" in kd["published_source"]
     assert float(mlkd["published"]) == 77.08 and "logit-standardization" in mlkd["published_source"]
     assert sld["published"] == "" and sld["published_source"] == ""
-    assert rows[("res32x4_shuv1", "DKD")]["published"] == "", "SPEC section 6 has no res32x4_shuv1 row"
+    assert rows[("res32x4_shuv1", "DKD")]["published"] == "", "the published table (docs/method.md, section 6) has no res32x4_shuv1 row"
     md = (written / "summary.md").read_text()
     lines = {line.split(" | ")[1]: line for line in md.splitlines() if line.startswith("| res32x4_res8x4 |")}
     assert lines["KD"].rstrip().endswith("| 73.33 |")

@@ -331,7 +331,7 @@ def test_loader_section_times_fewer_workers_than_the_default(tmp_path, monkeypat
 
 
 def test_views_speed_records_both_rates_per_core_and_their_ratio():
-    """Issue 17's CPU target: device views / PIL two views, images per second per core."""
+    """The views target: device views / PIL two views, images per second per core."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("views_speed_under_test", ROOT / "benchmarks" / "views_speed.py")

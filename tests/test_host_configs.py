@@ -2,7 +2,7 @@
 
 Every shipped YAML must merge into a fresh clone of the real host's ``CFG`` (after
 ``slkd.register()``), so these take the ``host`` fixture and skip without mdistiller.
-The expected settings are written out here from SPEC section 4, not read from slkd.
+The expected settings are written out here from docs/method.md, section 4, not read from slkd.
 """
 
 import warnings
@@ -27,7 +27,7 @@ SLD_NODE_IN_FULL = {
     "STRONG_VIEW": True,
 }
 
-# SPEC section 4: file -> (teacher, student, learning rate of the released code)
+# docs/method.md, section 4: file -> (teacher, student, learning rate of the released code)
 CIFAR_PAIRS = {
     "res56_res20.yaml": ("resnet56", "resnet20", 0.025),
     "res110_res32.yaml": ("resnet110", "resnet32", 0.025),
@@ -43,7 +43,7 @@ CIFAR_PAIRS = {
     "vgg13_mv2.yaml": ("vgg13", "MobileNetV2", 0.008),
 }
 
-# SPEC section 4, ImageNet: folder -> (teacher, student names accepted, CE, KD)
+# docs/method.md, section 4, ImageNet: folder -> (teacher, student names accepted, CE, KD)
 IMAGENET = {
     "r34_r18": ("ResNet34", {"ResNet18"}, 0.5, 0.5),
     "r50_mv1": ("ResNet50", {"MobileNetV1", "MobileNetV2"}, 1.0, 0.5),

@@ -1,6 +1,6 @@
 """Tests for slkd.losses.sld (CPU, no mdistiller).
 
-The oracle below is written literally from SLD_SPEC.md sections 1-2 and shares no code with
+The oracle below is written literally from docs/method.md, sections 1-2, and shares no code with
 ``slkd``: float64, one row and one temperature at a time, the argmax found by a python loop
 (first index on ties), the swap done by exchanging two entries of a copy of the row, the
 log-softmax written as ``u/T - (c + log sum exp(u/T - c))`` and the KL as the explicit sum

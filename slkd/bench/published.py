@@ -1,4 +1,4 @@
-"""Published CIFAR-100 top-1 (%) to set beside the benchmark's own numbers (SPEC section 6).
+"""Published CIFAR-100 top-1 (%) to set beside the benchmark's own numbers (docs/method.md, section 6).
 
 These are the baselines' authors' numbers, not slkd's: the report shows them in their own
 column with their source, next to the runs' numbers, and never mixes them in.

@@ -332,7 +332,7 @@ def write_markdown(table: list[Row], records: list[RunFolder], path: Path) -> Pa
         "",
         "Test top-1 (%) of the student: mean ± sample standard deviation over seeds (n complete runs).",
         "Best: the highest test top-1 over a run's epochs (what papers usually report); last: its final epoch.",
-        "Published: the baselines' authors' numbers (SPEC section 6), not these runs'.",
+        "Published: the baselines' authors' numbers (KD, DKD: mdistiller's README; MLKD: the logit-standardization README), not these runs'.",
         "",
         "| pair | method | n | best top-1 | last top-1 | epochs | views | augmentation | data | AMP | s/epoch train | s/epoch eval | peak GPU MiB | published |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",

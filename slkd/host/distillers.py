@@ -25,7 +25,7 @@ Distiller = import_host().distiller_base
 
 
 class SLD(Distiller):
-    """Swapped Logit Distillation (SPEC section 3).
+    """Swapped Logit Distillation (docs/method.md, section 3).
 
     ``loss_ce = CE_WEIGHT * sum_views CE(z_v, y)`` and
     ``loss_kd = KD_WEIGHT * sum_views mean_rows(L_TS + [epoch > GAMMA] L_SS)`` over the weak
@@ -85,7 +85,7 @@ class SLD(Distiller):
 
 
 class MLKD(Distiller):
-    """Multi-level logit distillation as the released MLKD code computes it (SPEC section 5).
+    """Multi-level logit distillation as the released MLKD code computes it (docs/method.md, section 5).
 
     Registered only on hosts without an MLKD of their own. Reads ``KD.TEMPERATURE`` and
     ``KD.LOSS.{CE,KD}_WEIGHT`` as the released code does; the quirks it reproduces are
