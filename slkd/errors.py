@@ -7,8 +7,11 @@ or PIL. The modules that raise them import them from here (and keep the old name
 as one line and exit 1; anything else is a bug and keeps its traceback.
 """
 
+from __future__ import annotations
+
 __all__ = [
     "BenchError",
+    "CheckoutNotFound",
     "CheckpointError",
     "ConfigError",
     "DatasetMissing",
@@ -74,6 +77,17 @@ class BenchError(ValueError):
     """A benchmark that cannot run or report; the message says what to change."""
 
 
+class CheckoutNotFound(RuntimeError):
+    """No mdistiller checkout is named or importable, or the named folder is not one.
+
+    ``origin`` names where the rejected folder came from; None when nothing was found at all.
+    """
+
+    def __init__(self, message: str, origin: str | None = None):
+        super().__init__(message)
+        self.origin = origin
+
+
 KNOWN_ERRORS = (
     ConfigError,
     DatasetMissing,
@@ -86,5 +100,6 @@ KNOWN_ERRORS = (
     StepCaptureError,
     FetchError,
     BenchError,
+    CheckoutNotFound,
 )
 """Every class above: what a command prints as one line."""

@@ -17,6 +17,7 @@ RAISED_FROM = {
     "StepCaptureError": "slkd.host.graphs",
     "FetchError": "slkd.run.fetch",
     "BenchError": "slkd.bench.sources",
+    "CheckoutNotFound": "slkd.host.checkout",
 }
 
 

@@ -8,16 +8,15 @@
 * the single-view mode and the errors of a wrong call;
 * one step of slkd's MLKD.
 
-All take the ``host`` fixture and skip without mdistiller. The released checkout is found
-at ``$SLKD_RELEASED_SLD_PATH`` (default: /work/hosts/StephenEkaputra+Swapped-Logit-Distillation);
-the equivalence tests skip, saying so, when it is absent.
+All take the ``host`` fixture and skip without mdistiller. The released checkout is the
+``released_sld`` fixture (``$SLKD_RELEASED_SLD_PATH``, tests/helpers/hosts.py); the
+equivalence tests skip, saying so, when it is absent.
 """
 
 import contextlib
 import copy
 import importlib
 import importlib.util
-import os
 import sys
 import types
 from pathlib import Path
@@ -31,9 +30,6 @@ pytestmark = pytest.mark.host
 CONFIGS = Path(__file__).resolve().parents[1] / "mdistiller_configs"
 CIFAR_CONFIGS = sorted((CONFIGS / "cifar100" / "sld").glob("*.yaml"))
 RES8X4 = CONFIGS / "cifar100" / "sld" / "res32x4_res8x4.yaml"
-RELEASED_CHECKOUT = Path(
-    os.environ.get("SLKD_RELEASED_SLD_PATH", "/work/hosts/StephenEkaputra+Swapped-Logit-Distillation")
-)
 NUM_CLASSES = 100
 
 
@@ -132,7 +128,7 @@ _RELEASED_PACKAGE = "_slkd_test_released_sld_distillers"
 
 
 @pytest.fixture(scope="module")
-def released_sld_class():
+def released_sld_class(released_sld):
     """The released ``SLD`` class, loaded in isolation from the installed host.
 
     How: the released ``mdistiller/distillers/`` folder is registered under a private package
@@ -144,14 +140,8 @@ def released_sld_class():
     replaced, so the host under test (upstream or the MLKD fork) and the released fork never
     clash in ``sys.modules``; everything is removed again afterwards.
     """
-    folder = RELEASED_CHECKOUT / "mdistiller" / "distillers"
+    folder = released_sld / "mdistiller" / "distillers"
     source = folder / "SLD.py"
-    if not source.is_file():
-        pytest.skip(
-            f"the authors' released SLD code is not at {source}: clone "
-            "https://github.com/StephenEkaputra/Swapped-Logit-Distillation and point "
-            "SLKD_RELEASED_SLD_PATH at it to run the equivalence tests"
-        )
     package = types.ModuleType(_RELEASED_PACKAGE)
     package.__path__ = [str(folder)]
     package.__package__ = _RELEASED_PACKAGE

@@ -1,19 +1,13 @@
 """slkd.losses.mlkd against the REAL released MLKD ``KD_ours`` distiller.
 
-Runs only when the MLKD fork of mdistiller can be imported:
-
-* ``SLKD_MDISTILLER_PATH`` set to the fork's checkout (the directory that holds
-  the ``mdistiller`` package); it is put first on ``sys.path``; or
-* an installed ``mdistiller`` whose ``distillers`` package has ``KD_ours``.
-
-Otherwise every test here is skipped with the reason.  Example::
+Runs only when the host (``mlkd_fork_host`` fixture, tests/conftest.py) is the MLKD fork, and
+skips with the reason otherwise.  Example::
 
     SLKD_MDISTILLER_PATH=/path/to/Multi-Level-Logit-Distillation \\
         python3 -m pytest -q tests/test_host_mlkd_reference.py
 """
 import contextlib
 import importlib
-import os
 import sys
 import types
 
@@ -23,7 +17,7 @@ import torch.nn as nn
 
 from slkd.losses.mlkd import mlkd_losses
 
-pytestmark = pytest.mark.host
+pytestmark = pytest.mark.mlkd_fork
 
 KEYS = ("loss_ce", "loss_kd", "loss_cc", "loss_bc")
 
@@ -52,41 +46,14 @@ def _placeholder_modules_if_missing():
             sys.modules.pop(module_name, None)
 
 
-def _load_kd_ours():
-    """Return (KD_ours class, where it came from) or call pytest.skip with the reason."""
-    path = os.environ.get("SLKD_MDISTILLER_PATH")
-    if path:
-        if not os.path.isdir(os.path.join(path, "mdistiller")):
-            pytest.skip(f"SLKD_MDISTILLER_PATH={path!r} has no 'mdistiller' package directory")
-        if path not in sys.path:
-            sys.path.insert(0, path)
-    try:
-        importlib.import_module("mdistiller")
-    except ImportError as exc:
-        pytest.skip(
-            "MLKD fork of mdistiller not importable (set SLKD_MDISTILLER_PATH to its "
-            f"checkout): {exc}"
-        )
-    try:
-        with _placeholder_modules_if_missing():
-            module = importlib.import_module("mdistiller.distillers.KD_ours")
-    except ImportError as exc:
-        import mdistiller
-
-        pytest.skip(
-            f"the importable mdistiller ({getattr(mdistiller, '__file__', '?')}) has no "
-            f"distillers.KD_ours (not the MLKD fork, or a dependency is missing): {exc}"
-        )
-    if not hasattr(module, "KD_ours"):
-        pytest.skip(f"{module.__file__} defines no KD_ours class")
-    return module.KD_ours, module.__file__
-
-
 @pytest.fixture(scope="module")
-def kd_ours_cls():
-    yacs = pytest.importorskip("yacs.config", reason="yacs is needed to build the config")
-    cls, origin = _load_kd_ours()
-    return cls, yacs.CfgNode, origin
+def kd_ours_cls(mlkd_fork_host):
+    """(the fork's KD_ours class, yacs' CfgNode, the file KD_ours came from)."""
+    from yacs.config import CfgNode
+
+    with _placeholder_modules_if_missing():
+        module = importlib.import_module("mdistiller.distillers.KD_ours")
+    return module.KD_ours, CfgNode, module.__file__
 
 
 class _Net(nn.Module):

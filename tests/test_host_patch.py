@@ -1,7 +1,6 @@
 """mdistiller's own tools/train.py trains SLD after the plugin patch, on both hosts."""
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ import pytest
 import torch
 
 from tests.helpers.fake_cifar import write_fake_cifar100
+from tests.helpers.hosts import MDISTILLER, missing, writable_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 PATCH = ROOT / "patches" / "mdistiller-plugins.patch"
@@ -21,9 +21,9 @@ def patched_checkout(host, tmp_path):
     """A copy of the host checkout with the patch applied, fake CIFAR-100 and a teacher."""
     source = Path(host.package.__file__).resolve().parents[1]
     if not (source / "tools" / "train.py").is_file():
-        pytest.skip(f"{source} is an installed mdistiller without tools/train.py; need a checkout")
+        pytest.skip(missing(MDISTILLER, f"{source} is an installed mdistiller without tools/train.py"))
     copy = tmp_path / "mdistiller"
-    shutil.copytree(source, copy, ignore=shutil.ignore_patterns(".git", "data", "download_ckpts", "output", "__pycache__"))
+    writable_copy(source, copy)
     subprocess.run(["git", "apply", str(PATCH)], cwd=copy, check=True)
     write_fake_cifar100(copy / "data", train_images=16, test_images=16)
     teacher_class, checkpoint = host.cifar_model_dict["resnet32x4"]
@@ -65,7 +65,7 @@ def test_unpatched_tools_train_does_not_know_sld(host, tmp_path):
     """Without the patch the host never loads slkd: its config merge rejects the SLD node."""
     source = Path(host.package.__file__).resolve().parents[1]
     if not (source / "tools" / "train.py").is_file():
-        pytest.skip("need a checkout with tools/train.py")
+        pytest.skip(missing(MDISTILLER, f"{source} is an installed mdistiller without tools/train.py"))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests" / "helpers"), str(source)])
     result = subprocess.run(

@@ -8,6 +8,7 @@ SLKD_MDISTILLER_PATH to a checkout (it is prepended to sys.path) or pip install 
 Other tests check the architectures against small fake mdistiller packages.
 """
 
+import contextlib
 import functools
 import hashlib
 import http.server
@@ -33,6 +34,7 @@ from torchvision import datasets
 import slkd
 from slkd.run import fetch
 from slkd.run.fetch import FetchError
+from tests.helpers.hosts import path_imports_only
 
 TEACHERS = ["resnet56", "resnet110", "resnet32x4", "ResNet50", "wrn_40_2", "vgg13"]
 LAYOUT = "download_ckpts/cifar_teachers/{}_vanilla/ckpt_epoch_240.pth"
@@ -208,6 +210,13 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
 # --------------------------------------------------------------------------- checkout root
 
 
+def deprecated_if_legacy(variable):
+    """Expect the deprecation warning of the old variable name, nothing for the others."""
+    if variable == "SLKD_MDISTILLER_ROOT":
+        return pytest.warns(FutureWarning, match="SLKD_MDISTILLER_ROOT is deprecated")
+    return contextlib.nullcontext()
+
+
 def test_find_root_explicit(tmp_path):
     (tmp_path / "mdistiller").mkdir()
     assert fetch.find_mdistiller_root(tmp_path) == tmp_path
@@ -217,7 +226,8 @@ def test_find_root_explicit(tmp_path):
 def test_find_root_from_either_variable(tmp_path, monkeypatch, variable):
     (tmp_path / "mdistiller").mkdir()
     monkeypatch.setenv(variable, str(tmp_path))
-    assert fetch.find_mdistiller_root() == tmp_path
+    with deprecated_if_legacy(variable):
+        assert fetch.find_mdistiller_root() == tmp_path
 
 
 def test_slkd_mdistiller_path_wins_over_root(tmp_path, monkeypatch, caplog):
@@ -240,7 +250,7 @@ def test_cli_reads_slkd_mdistiller_path(no_mdistiller, checkout, stand_in_archiv
 def test_find_root_rejects_folder_without_mdistiller(tmp_path, monkeypatch, variable):
     if variable:
         monkeypatch.setenv(variable, str(tmp_path))
-    with pytest.raises(FetchError) as error:
+    with pytest.raises(FetchError) as error, deprecated_if_legacy(variable):
         fetch.find_mdistiller_root(tmp_path if variable is None else None)
     message = str(error.value)
     source = f"${variable}" if variable else "--mdistiller-root"
@@ -387,8 +397,11 @@ def test_architectures_come_from_the_given_root(forget_mdistiller, tmp_path, sta
 
 
 def test_root_without_architectures_fails_unless_opted_out(
-    forget_mdistiller, checkout, stand_in_archive, capsys
+    forget_mdistiller, checkout, stand_in_archive, monkeypatch, capsys
 ):
+    """Whatever mdistiller is installed: an editable install's finder would otherwise supply
+    ``mdistiller.models`` from the installed checkout (then the refusal below says so)."""
+    path_imports_only(monkeypatch)
     (checkout / "mdistiller" / "__init__.py").write_text("")  # a package without models/
     argv = ["teachers", "--mdistiller-root", str(checkout), "--archive", str(stand_in_archive)]
     assert fetch.main(argv) == 1

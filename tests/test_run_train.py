@@ -432,13 +432,12 @@ def test_loop_only_trainers_are_replaced_by_slkds(host, capsys, trainer):
     assert f"SOLVER.TRAINER {trainer!r} -> 'slkd'" in capsys.readouterr().out
 
 
-@pytest.mark.host
-def test_the_forks_ours_config_feeds_its_distiller_two_views(host, in_tmp, capsys):
+@pytest.mark.mlkd_fork
+def test_the_forks_ours_config_feeds_its_distiller_two_views(mlkd_fork_host, in_tmp, capsys):
     """The MLKD fork's KD_ours takes (image_weak, image_strong) from the fork's ``ours``
     trainer; slkd's trainer in its place must feed it two views too."""
-    config = Path(host.package.__file__).resolve().parents[1] / "configs" / "cifar100" / "ours" / "res56_res20.yaml"
-    if "KD_ours" not in host.distiller_dict or not config.is_file():
-        pytest.skip("the host is not the MLKD fork (no KD_ours and its configs)")
+    config = Path(mlkd_fork_host.package.__file__).resolve().parents[1] / "configs" / "cifar100" / "ours" / "res56_res20.yaml"
+    assert "KD_ours" in mlkd_fork_host.distiller_dict and config.is_file()
     code = _main(["--cfg", str(config), "--smoke", "--device", "cpu"])
     captured = capsys.readouterr()
     assert code == 0, captured.err[-2000:]

@@ -9,7 +9,6 @@ the KD and CRD ones to the other pairs.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from slkd.errors import BenchError
+from slkd.host.checkout import CheckoutNotFound, find_checkout
 
 METHODS = ("KD", "DKD", "CRD", "MLKD", "SLD")
 
@@ -54,22 +54,15 @@ def known_pairs() -> dict[str, Pair]:
 def host_root(explicit: str | os.PathLike | None = None) -> Path:
     """The mdistiller checkout whose ``configs/cifar100`` the host methods use.
 
-    ``explicit`` (``--mdistiller-root``), else ``$SLKD_MDISTILLER_PATH``, else the folder
-    above the importable ``mdistiller`` package.
+    Found as every slkd command finds it (:func:`slkd.host.checkout.find_checkout`):
+    ``explicit`` (``--mdistiller-root``), ``$SLKD_MDISTILLER_PATH``, ``./mdistiller``, the
+    installed mdistiller.
     """
-    if explicit:
-        root, origin = Path(explicit), "--mdistiller-root"
-    elif os.environ.get("SLKD_MDISTILLER_PATH"):
-        root, origin = Path(os.environ["SLKD_MDISTILLER_PATH"]), "SLKD_MDISTILLER_PATH"
-    else:
-        spec = importlib.util.find_spec("mdistiller")
-        if spec is None or not spec.submodule_search_locations:
-            raise BenchError(
-                "mdistiller is not importable: pass --mdistiller-root /path/to/mdistiller "
-                "(a checkout of megvii-research/mdistiller or the MLKD fork)"
-            )
-        root, origin = Path(list(spec.submodule_search_locations)[0]).parent, "the installed mdistiller"
-    root = root.resolve()
+    try:
+        checkout = find_checkout(explicit)
+    except CheckoutNotFound as exc:
+        raise BenchError(str(exc)) from None
+    root, origin = checkout.root, checkout.origin
     if not (root / "configs" / "cifar100" / "kd.yaml").is_file():
         raise BenchError(
             f"{root} (from {origin}) has no configs/cifar100/kd.yaml: KD, DKD and CRD run with "

@@ -52,7 +52,7 @@ class Host:
 
 def import_host() -> Host:
     """Import mdistiller's registries, or raise :class:`HostNotFound` with install steps."""
-    _add_env_checkout_to_path()
+    _put_checkout_on_sys_path()
     _allow_import_without_tk()
     try:
         package = importlib.import_module("mdistiller")
@@ -159,11 +159,18 @@ def _allow_import_without_tk() -> None:
         sys.modules["turtle"] = placeholder
 
 
-def _add_env_checkout_to_path() -> None:
-    """Put ``$SLKD_MDISTILLER_PATH`` (an mdistiller checkout) first on ``sys.path``."""
-    import os
+def _put_checkout_on_sys_path() -> None:
+    """Put the checkout :func:`slkd.host.checkout.find_checkout` names first on ``sys.path``
+    (nothing for an installed mdistiller); :class:`HostNotFound` when none is found or the
+    named folder is not a checkout."""
     import sys
 
-    checkout = os.environ.get("SLKD_MDISTILLER_PATH")
-    if checkout and checkout not in sys.path:
-        sys.path.insert(0, checkout)
+    from slkd.host.checkout import CheckoutNotFound, find_checkout
+
+    try:
+        checkout = find_checkout()
+    except CheckoutNotFound as error:
+        first_line = "" if error.origin is None else str(error).splitlines()[0] + "\n"
+        raise HostNotFound(first_line + INSTALL_HINT) from None
+    if checkout.on_sys_path and str(checkout.root) not in sys.path:
+        sys.path.insert(0, str(checkout.root))

@@ -15,11 +15,10 @@ command that repairs it.  Command line::
     slkd-fetch {teachers,cifar100,all} [--mdistiller-root PATH]
                [--archive FILE] [--url URL] [--force] [--no-arch-check]
 
-(also ``python -m slkd.run.fetch``).  The checkout root is ``--mdistiller-root``,
-else ``$SLKD_MDISTILLER_PATH`` (the variable slkd-train reads), else
-``$SLKD_MDISTILLER_ROOT`` (an older name, ignored with a warning when
-``SLKD_MDISTILLER_PATH`` is set too), else the folder above the importable
-``mdistiller`` package.  The teachers are checked against the architectures of
+(also ``python -m slkd.run.fetch``).  The checkout root is found as every slkd
+command finds it (:mod:`slkd.host.checkout`): ``--mdistiller-root``, else
+``$SLKD_MDISTILLER_PATH``, else ``./mdistiller``, else the folder above the
+importable ``mdistiller`` package.  The teachers are checked against the architectures of
 the mdistiller package inside that root, unless ``--no-arch-check``.
 """
 
@@ -29,7 +28,6 @@ import argparse
 import contextlib
 import http.client
 import importlib
-import importlib.util
 import logging
 import os
 import shlex
@@ -47,6 +45,7 @@ from torchvision import datasets
 from torchvision.datasets.utils import calculate_md5, download_and_extract_archive
 
 from slkd.errors import FetchError
+from slkd.host.checkout import CLONE_HINT, ENV_VAR, LEGACY_ENV_VARS, CheckoutNotFound, find_checkout
 
 __all__ = [
     "CIFAR100_SPLIT_SIZES",
@@ -69,10 +68,8 @@ _LOG = logging.getLogger(__name__)
 DEFAULT_URL = "https://github.com/megvii-research/mdistiller/releases/download/v1.0/cifar_teachers.tar"
 """Release archive holding ``cifar_teachers/<name>_vanilla/ckpt_epoch_240.pth``."""
 
-ROOT_ENV_VARS = ("SLKD_MDISTILLER_PATH", "SLKD_MDISTILLER_ROOT")
-"""Environment variables naming the mdistiller checkout root, the first set one winning."""
-
-CLONE_HINT = "git clone https://github.com/megvii-research/mdistiller && pip install -e ./mdistiller"
+ROOT_ENV_VARS = (ENV_VAR, *LEGACY_ENV_VARS)
+"""Environment variables naming the mdistiller checkout root (:mod:`slkd.host.checkout`)."""
 
 CKPT_DIR = "download_ckpts"
 TEACHERS_ARCHIVE_NAME = "cifar_teachers.tar"
@@ -100,61 +97,16 @@ def _command(*args: object) -> str:
 
 
 def find_mdistiller_root(explicit: str | os.PathLike | None = None) -> Path:
-    """Return the root of the mdistiller checkout.
-
-    Looked up in order: ``explicit``, the environment variables
-    ``SLKD_MDISTILLER_PATH`` then ``SLKD_MDISTILLER_ROOT`` (:data:`ROOT_ENV_VARS`),
-    then the folder above the importable ``mdistiller`` package (found without
-    importing it).  An explicit or environment root must contain an
-    ``mdistiller`` folder.
+    """Return the root of the mdistiller checkout, by :func:`slkd.host.checkout.find_checkout`'s
+    rule (``explicit``, ``$SLKD_MDISTILLER_PATH``, ``./mdistiller``, the installed mdistiller),
+    or raise :class:`FetchError` saying how to name one.
     """
-    if explicit is not None:
-        return _checked_root(Path(explicit), "--mdistiller-root")
-    env_root = _env_root()
-    if env_root is not None:
-        name, value = env_root
-        return _checked_root(Path(value), f"${name}")
-    spec = importlib.util.find_spec("mdistiller")
-    if spec is None or not spec.submodule_search_locations:
+    try:
+        return find_checkout(explicit).root
+    except CheckoutNotFound as exc:
         raise FetchError(
-            "mdistiller is not importable and no checkout root was given: install mdistiller, "
-            "or pass --mdistiller-root PATH.\n"
-            f"  mdistiller is not on PyPI; clone and install it with: {CLONE_HINT}\n"
-            "  or use an existing checkout: "
-            + _command("all", "--mdistiller-root", "/path/to/mdistiller")
-            + f" (or set {ROOT_ENV_VARS[0]}=/path/to/mdistiller)"
-        )
-    # Resolved: mdistiller's paths climb out of the package with "..", which the
-    # operating system applies after following symlinks.
-    return Path(next(iter(spec.submodule_search_locations))).resolve().parent
-
-
-def _env_root() -> tuple[str, str] | None:
-    """(name, value) of the first set variable of :data:`ROOT_ENV_VARS`, or None.
-
-    A later variable naming another folder is ignored with a warning.
-    """
-    found = [(name, os.environ[name]) for name in ROOT_ENV_VARS if os.environ.get(name)]
-    if not found:
-        return None
-    (name, value), *ignored = found
-    for other, other_value in ignored:
-        if Path(other_value).resolve() != Path(value).resolve():
-            _LOG.warning("Ignoring $%s=%s: $%s=%s wins.", other, other_value, name, value)
-    return name, value
-
-
-def _checked_root(root: Path, source: str) -> Path:
-    """``root`` resolved, after checking it holds an ``mdistiller`` package folder."""
-    root = root.resolve()
-    if not (root / "mdistiller").is_dir():
-        raise FetchError(
-            f"{root} (from {source}) is not an mdistiller checkout (it has no mdistiller/ folder): "
-            "pass the folder that contains mdistiller/.\n"
-            "  e.g.: " + _command("all", "--mdistiller-root", "/path/to/mdistiller") + "\n"
-            f"  or clone and install mdistiller first: {CLONE_HINT}"
-        )
-    return root
+            f"{exc}\n  e.g.: " + _command("all", "--mdistiller-root", "/path/to/mdistiller")
+        ) from None
 
 
 # --------------------------------------------------------------------------- teachers
@@ -580,9 +532,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--mdistiller-root",
         metavar="PATH",
-        help="mdistiller checkout root (default: $SLKD_MDISTILLER_PATH, else the older "
-        "$SLKD_MDISTILLER_ROOT, which is ignored when both are set; else the checkout of the "
-        "importable mdistiller)",
+        help="mdistiller checkout root (default: $SLKD_MDISTILLER_PATH, else ./mdistiller, else "
+        "the checkout of the importable mdistiller; as slkd-train and slkd-bench find it)",
     )
     parser.add_argument("--archive", metavar="FILE", help="use this local cifar_teachers.tar")
     parser.add_argument("--url", default=DEFAULT_URL, help="teacher archive URL (default: %(default)s)")
