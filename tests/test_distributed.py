@@ -1,6 +1,10 @@
 """torchrun's path on a CPU with gloo: two processes compute what one process computes over
 the same global batch (random augmentations included), and a two-process checkpoint resumes
-in one process."""
+in one process.
+
+The runs compared are float64 with one intra-op thread in every process, so that sums taken in
+another order (split over processes, over threads) differ far below the tolerances: in float32
+a run's accuracy could flip on a near tie, and the tests failed now and then."""
 
 import json
 import os
@@ -33,10 +37,27 @@ def _worker(rank, world, port, prefix, epochs, batchnorm=False, random_views=Fal
 
     context = distributed.init("cpu")
     try:
-        trainer = tiny_trainer(_cfg(prefix, epochs, workers), context=context, batchnorm=batchnorm, random_views=random_views, connector=connector)
+        trainer = tiny_trainer(
+            _cfg(prefix, epochs, workers), context=context, batchnorm=batchnorm, random_views=random_views,
+            connector=connector, dtype=torch.float64,
+        )
         trainer.train()
     finally:
         distributed.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread in this process too, as in the spawned ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _one_process(prefix, epochs, **kwargs):
+    """The run of one process, as the spawned ones run (float64)."""
+    return tiny_trainer(_cfg(prefix, epochs), dtype=torch.float64, **kwargs)
 
 
 def _cfg(prefix, epochs, workers=0):
@@ -71,7 +92,7 @@ def test_two_processes_match_one_process_over_the_same_global_batch(tmp_path, ra
     """With random views each image's crop, flip, RandAugment and Cutout come from its own
     key, so both processes (one loader worker each) augment as the one process does: with
     draws taken from each process's streams, the two ranks would even repeat each other's."""
-    tiny_trainer(_cfg(tmp_path / "one", 2), random_views=random_views).train()
+    _one_process(tmp_path / "one", 2, random_views=random_views).train()
     _run_two_processes(tmp_path / "two", epochs=2, random_views=random_views, workers=1 if random_views else 0)
     _assert_same(_metrics(tmp_path / "one"), _metrics(tmp_path / "two"))
     assert _metrics(tmp_path / "two")[0]["train_images"] == 24  # all images, counted over processes
@@ -84,8 +105,8 @@ def test_two_processes_match_one_process_over_the_same_global_batch(tmp_path, ra
 
 def test_checkpoint_of_two_processes_resumes_in_one(tmp_path):
     _run_two_processes(tmp_path / "mixed", epochs=2)
-    tiny_trainer(tiny_cfg(tmp_path / "mixed", epochs=3)).train(resume=True)
-    tiny_trainer(tiny_cfg(tmp_path / "one", epochs=3)).train()
+    _one_process(tmp_path / "mixed", 3).train(resume=True)
+    _one_process(tmp_path / "one", 3).train()
     _assert_same(_metrics(tmp_path / "one"), _metrics(tmp_path / "mixed"))
 
 
@@ -109,7 +130,7 @@ def _distiller_state(prefix):
 def test_a_module_trained_beside_the_student_trains_as_in_one_process(tmp_path):
     """FitNet's regressor, CRD's embeddings: outside the student's DDP, their gradients are
     averaged by the trainer (without it each process trained its own copy)."""
-    tiny_trainer(_cfg(tmp_path / "one", 2), connector=True).train()
+    _one_process(tmp_path / "one", 2, connector=True).train()
     _run_two_processes(tmp_path / "two", epochs=2, connector=True)
     one, two = _distiller_state(tmp_path / "one"), _distiller_state(tmp_path / "two")
     weights = [name for name in one if name.startswith("connector.")]

@@ -26,6 +26,7 @@ class TinyNet(nn.Module):
         self.head = nn.Linear(width, num_classes)
 
     def forward(self, x):
+        x = x.to(self.conv.weight.dtype)  # the loaders give float32 images; a float64 net casts them
         features = F.adaptive_avg_pool2d(F.relu(self.norm(self.conv(x))), 1).flatten(1)
         return self.head(features), {"pooled": features}
 
@@ -117,13 +118,14 @@ def tiny_datasets(train_size=24, test_size=16, num_classes=10, random_views=Fals
     return train, test
 
 
-def tiny_trainer(cfg, context=None, nan_at=None, model_seed=0, batchnorm=False, random_views=False, connector=False):
+def tiny_trainer(cfg, context=None, nan_at=None, model_seed=0, batchnorm=False, random_views=False, connector=False, dtype=torch.float32):
     """Teacher and student (and ``connector``: a module trained beside the student)
-    initialised from ``model_seed`` in every process."""
+    initialised from ``model_seed`` in every process, in ``dtype`` (float64: runs that sum
+    in another order, e.g. split over processes, agree far below the tests' tolerances)."""
     from slkd.host.trainer import SLKDTrainer
 
     torch.manual_seed(model_seed)
     student, teacher = TinyNet(batchnorm=batchnorm), TinyNet(batchnorm=batchnorm)
-    distiller = TinyDistiller(student, teacher, cfg, nan_at=nan_at, connector=connector)
+    distiller = TinyDistiller(student, teacher, cfg, nan_at=nan_at, connector=connector).to(dtype)
     train, test = tiny_datasets(random_views=random_views)
     return SLKDTrainer("tiny/run", distiller, Loader(train), Loader(test), cfg, context=context, argv=["test"])
