@@ -12,6 +12,7 @@ which are kept as the run wrote them; the README beside them is searched.
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,3 +101,53 @@ def test_method_page_is_there_and_cites_its_sources():
     for needed in ("arXiv 2504.20108", "github.com/StephenEkaputra/Swapped-Logit-Distillation",
                    "github.com/megvii-research/mdistiller", "github.com/Jin-Ying/Multi-Level-Logit-Distillation"):
         assert needed in text, f"docs/method.md no longer cites {needed}"
+
+
+def layout_paths() -> list[str]:
+    """The paths README's Layout block names: a line's first word, relative to the repository
+    root, or, when indented, to the folder named by the last unindented line."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```\n", 2)[1]
+    paths, folder = [], ""
+    for line in block.splitlines():
+        if not line.strip():
+            continue
+        word = line.split()[0]
+        if line[0].isspace():
+            paths.append(folder + word)
+        else:
+            folder = word if word.endswith("/") else ""
+            paths.append(word)
+    return paths
+
+
+def test_layout_names_only_paths_that_exist():
+    missing = [path for path in layout_paths() if not (ROOT / path).exists()]
+    assert not missing, f"README's Layout section names paths that do not exist: {missing}; fix or remove those lines"
+
+
+def tracked_top_level_folders() -> list[str]:
+    """The repository's own top-level folders (from git: a checkout also holds a cloned
+    mdistiller, run outputs and environments, which are not the repository's)."""
+    try:
+        listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return []  # not a git checkout (an unpacked sdist): only the modules are checked
+    return sorted({line.split("/")[0] + "/" for line in listed.splitlines() if "/" in line and not line.startswith(".")})
+
+
+def test_layout_names_every_module_and_top_level_folder():
+    named = set(layout_paths())
+    modules = sorted(
+        str(path.relative_to(ROOT)) for path in (ROOT / "slkd").rglob("*.py")
+        if "__pycache__" not in path.parts and (path.name != "__init__.py" or path.parent == ROOT / "slkd")
+    )
+    unnamed = [module for module in modules if module not in named]
+    for folder in tracked_top_level_folders():
+        if not any(name.startswith(folder) for name in named):
+            unnamed.append(folder)
+    assert not unnamed, (
+        f"README's Layout section does not name {unnamed}: add a line for each (indented under its "
+        "folder's line, e.g. '  checkout.py   what it holds' under 'slkd/host/')"
+    )
