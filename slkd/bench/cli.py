@@ -2,7 +2,7 @@
 
     slkd-bench run --pair res32x4_res8x4 --methods KD,DKD,CRD,MLKD,SLD --seeds 0,1,2
                    [--out DIR] [--epochs N] [--set KEY VALUE]... [--parallel N]
-                   [--device cpu|cuda] [--amp none|bf16|fp16] [--smoke | --synthetic N]
+                   [--device cpu|cuda] [--amp none|bf16|fp16] [--fast] [--smoke | --synthetic N]
                    [--mdistiller-root PATH] [--dry-run]
     slkd-bench report DIR [--import PATH...]
 
@@ -41,6 +41,7 @@ def parse_args(argv=None):
     run.add_argument("--parallel", type=int, default=1, help="runs at once (default 1); spread over the visible GPUs")
     run.add_argument("--device", choices=("cpu", "cuda"), default=None, help="slkd-train --device (default: cuda when available; cpu with --smoke)")
     run.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None, help="slkd-train --amp for every run")
+    run.add_argument("--fast", action="store_true", help="SLKD.FAST True for every run (CUDA graphs, fused loss, bf16 unless --amp, channels-last, device views; GPU)")
     run.add_argument("--smoke", action="store_true", help="slkd-train --smoke for every run: synthetic data, random teachers, 2 short epochs")
     run.add_argument("--synthetic", type=int, default=None, metavar="N", help="slkd-train --synthetic N for every run: the configs as they are on N synthetic images with random teachers (timing without the data)")
     run.add_argument("--mdistiller-root", default=None, help="mdistiller checkout (default: $SLKD_MDISTILLER_PATH, else the installed one)")
@@ -67,18 +68,24 @@ def run_command(args) -> int:
     methods = sources.parse_methods(args.methods)
     seeds = sources.parse_seeds(args.seeds)
     overrides = tuple(parse_overrides(args.set))
-    host = sources.host_root(args.mdistiller_root)
-    os.environ["SLKD_MDISTILLER_PATH"] = str(host)  # the runs use the same mdistiller
     options = Options(
         epochs=args.epochs,
         overrides=overrides,
         parallel=args.parallel,
         device=args.device,
         amp=args.amp,
+        fast=args.fast,
         smoke=args.smoke,
         synthetic=args.synthetic,
         dry_run=args.dry_run,
     )
+    if options.fast and options.run_options()["device"] != "cuda":
+        raise BenchError(
+            f"--fast turns on CUDA graphs, the fused loss and bf16 for a GPU, and these runs are on "
+            f"{options.run_options()['device']}: drop --fast, or give --device cuda on a machine with a GPU"
+        )
+    host = sources.host_root(args.mdistiller_root)
+    os.environ["SLKD_MDISTILLER_PATH"] = str(host)  # the runs use the same mdistiller
     runs = plan.plan(pairs, methods, seeds, Path(args.out), host, args.smoke)
     print(f"[slkd-bench] {len(runs)} runs ({', '.join(p.name for p in pairs)}; {', '.join(methods)}; seeds {','.join(map(str, seeds))}), mdistiller {host}", flush=True)
     outcomes = execute(runs, options, echo=lambda line: print(line, flush=True))

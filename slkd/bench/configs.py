@@ -12,7 +12,9 @@ In order, later wins:
 3. ``--epochs`` (``SOLVER.EPOCHS``), then every ``--set KEY VALUE``, values read as
    mdistiller's command line reads them (Python literals, else strings; tuples become lists,
    as the YAML file holds them), then ``--amp`` (``SLKD.AMP``, always written: the config's
-   own value, else slkd's default, when ``--amp`` is not given);
+   own value, else ``bf16`` with ``--fast``, else slkd's default, when ``--amp`` is not
+   given) and ``--fast`` (``SLKD.FAST True``: slkd-train turns on the rest of what it stands
+   for where the file does not set it, :mod:`slkd.host.fast`);
 4. ``LOG.PREFIX``, ``EXPERIMENT.PROJECT``/``NAME``/``TAG``, so that slkd-train writes the run
    to ``<out>/<pair>/<method>/seed<k>`` (``<out>/smoke/...`` with ``--smoke``).
 
@@ -90,7 +92,8 @@ def _tuples_as_lists(value):
 
 
 def run_config(
-    method: str, pair: Pair, source: Path, *, prefix: Path, seed: int, epochs: int | None, overrides, amp: str | None = None
+    method: str, pair: Pair, source: Path, *, prefix: Path, seed: int, epochs: int | None, overrides, amp: str | None = None,
+    fast: bool = False,
 ) -> tuple[dict, list[str]]:
     """The run's config as a dict, and comment lines saying where each part came from."""
     config = yaml.safe_load(source.read_text()) or {}
@@ -111,7 +114,10 @@ def run_config(
         _set(config, key, value)
     if changes:
         notes.append("overrides: " + ", ".join(f"{key} {value!r}" for key, value in changes))
-    notes.append(_set_amp(config, amp))
+    notes.append(_set_amp(config, amp, fast))
+    if fast:
+        _set(config, "SLKD.FAST", True)
+        notes.append("SLKD.FAST True (--fast)")
     _set(config, "LOG.PREFIX", str(prefix))
     _set(config, "EXPERIMENT.PROJECT", f"{pair.name}/{method}")
     _set(config, "EXPERIMENT.NAME", f"seed{seed}")
@@ -119,10 +125,12 @@ def run_config(
     return config, notes
 
 
-def _set_amp(config: dict, amp: str | None) -> str:
-    """Write ``SLKD.AMP`` into ``config`` (``amp``, else the config's own, else slkd's default),
-    so that the precision is part of the file compared on resume; return its note."""
+def _set_amp(config: dict, amp: str | None, fast: bool = False) -> str:
+    """Write ``SLKD.AMP`` into ``config`` (``amp``, else the config's own, else ``--fast``'s
+    bf16, else slkd's default), so that the precision is part of the file compared on resume;
+    return its note."""
     from slkd.host.config import slkd_node
+    from slkd.host.fast import FAST_SETTINGS
 
     node = config.setdefault("SLKD", {})
     if not isinstance(node, dict):
@@ -132,6 +140,9 @@ def _set_amp(config: dict, amp: str | None) -> str:
         return f"SLKD.AMP {amp!r} (--amp)"
     if "AMP" in node:
         return f"SLKD.AMP {node['AMP']!r} (the config's)"
+    if fast:
+        node["AMP"] = FAST_SETTINGS["SLKD.AMP"]
+        return f"SLKD.AMP {node['AMP']!r} (--fast)"
     node["AMP"] = slkd_node().AMP
     return f"SLKD.AMP {node['AMP']!r} (slkd's default)"
 

@@ -51,6 +51,7 @@ class Options:
     parallel: int = 1
     device: str | None = None
     amp: str | None = None
+    fast: bool = False
     smoke: bool = False
     synthetic: int | None = None
     dry_run: bool = False
@@ -164,7 +165,7 @@ def _job(run: planning.Run, options: Options) -> _Job:
     """The run's job with its config built (its folder is not looked at yet)."""
     config, notes = run_config(
         run.method, run.pair, run.source, prefix=run.prefix, seed=run.seed,
-        epochs=options.epochs, overrides=options.overrides, amp=options.amp,
+        epochs=options.epochs, overrides=options.overrides, amp=options.amp, fast=options.fast,
     )
     return _Job(run, config, notes)
 

@@ -19,6 +19,8 @@ Nodes added to mdistiller's ``CFG`` by :func:`slkd.register`:
     CUDA_GRAPHS       False    record the training step once, replay it as one CUDA graph
     DEVICE_VIEWS      False    CIFAR-100's two views made in batches on the training device
                                (slkd.host.device_views; the PIL path's draws and pixels)
+    FAST              False    CUDA graphs, the fused loss, bf16, channels-last and the
+                               device views as one switch (GPU; slkd.host.fast, --fast)
     EVAL_FREQ         1        evaluate every N epochs (and always at the last one)
     LOADER.WORKERS    -1       train loader workers per process; -1: sized to the machine
     LOADER.PIN_MEMORY True
@@ -95,6 +97,7 @@ def slkd_node() -> CN:
     node.FUSED_LOSS = False
     node.CUDA_GRAPHS = False
     node.DEVICE_VIEWS = False
+    node.FAST = False
     node.EVAL_FREQ = 1
     node.LOADER = CN()
     node.LOADER.WORKERS = -1

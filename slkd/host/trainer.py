@@ -36,7 +36,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from slkd.host import data, ddp, device_views, graphs, metrics, optim, runtime
+from slkd.host import data, ddp, device_views, fast, graphs, metrics, optim, runtime
 from slkd.errors import ConfigError, NonFiniteLoss
 from slkd.host.config import validate_run_options
 from slkd.utils import checkpoint
@@ -83,6 +83,7 @@ class SLKDTrainer:
         self.context = context or DistContext(device=runtime.device_of(distiller))
         self.device = self.context.device
         runtime.configure_backends(cfg, self.device.type)  # also under mdistiller's tools/train.py
+        fast.check(cfg, self.device.type)  # before the checks of the settings it stands for
         runtime.check_fused_loss_device(distiller, self.device)
         self.num_views = int(getattr(distiller, "num_views", 1))
         self.channels_last = bool(cfg.SLKD.CHANNELS_LAST)

@@ -1,7 +1,7 @@
 """slkd-train: mdistiller's training command, with SLD registered and slkd's trainer.
 
     slkd-train --cfg FILE [--resume] [--device cpu|cuda] [--smoke | --synthetic N] [--seed N]
-               [--deterministic] [--amp none|bf16|fp16] [--channels-last] [--wandb] [KEY VALUE ...]
+               [--deterministic] [--amp none|bf16|fp16] [--channels-last] [--fast] [--wandb] [KEY VALUE ...]
 
 The grammar is that of mdistiller's ``tools/train.py`` (``--cfg``, ``--resume``, trailing
 ``KEY VALUE`` overrides), so its configs and habits carry over; no patch and no
@@ -17,6 +17,11 @@ evaluation per epoch on synthetic CIFAR-shaped data with a randomly initialised 
 check that everything is wired, on a CPU in seconds. ``--synthetic N`` runs the config as it
 is (batch, epochs, loaders) on N synthetic training images and 10000 test images with a
 random teacher: the real loop's speed without the dataset or the teacher release.
+
+``--fast`` (``SLKD.FAST``) turns on what pays on a GPU: CUDA graphs, the fused loss, bf16
+autocast, channels-last and the device-side views, each where it applies; a key the run sets
+itself (its flag, a ``KEY VALUE`` override, the config file) keeps its value
+(:mod:`slkd.host.fast`). It is refused on a CPU. Eager fp32 is the default.
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ import warnings
 import torch
 
 from slkd.errors import UsageError
+from slkd.host import fast
 from slkd.utils.checkpoint import CheckpointError, drop_resume_checkpoints, has_resume_checkpoint
+from slkd.utils.distributed import launched_by_torchrun
 
 SMOKE_ITERATIONS = 2
 SMOKE_BATCH = 8
@@ -55,6 +62,7 @@ def parse_args(argv=None):
     parser.add_argument("--fused-loss", action="store_true", help="sets SLKD.FUSED_LOSS (SLD's loss in two Triton kernels; CUDA)")
     parser.add_argument("--cuda-graphs", action="store_true", help="sets SLKD.CUDA_GRAPHS (the training step replayed as one CUDA graph)")
     parser.add_argument("--device-views", action="store_true", help="sets SLKD.DEVICE_VIEWS (CIFAR-100's two views made in batches on the training device)")
+    parser.add_argument("--fast", action="store_true", help="sets SLKD.FAST (CUDA graphs, fused loss, bf16, channels-last, device views; GPU); keys set explicitly keep their values")
     parser.add_argument("--wandb", action="store_true", help="log to Weights & Biases (off by default)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     args = parser.parse_args(argv)
@@ -92,6 +100,13 @@ def build_config(args, host_cfg):
         cfg.SLKD.CUDA_GRAPHS = True
     if args.device_views:
         cfg.SLKD.DEVICE_VIEWS = True
+    if args.fast:
+        cfg.SLKD.FAST = True
+    if cfg.SLKD.FAST:
+        kept = fast.expand(cfg, _explicit_keys(args), torchrun=launched_by_torchrun())
+        fast.check(cfg, resolve_device(args.device))
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(fast.summary(cfg, kept), flush=True)
     # mdistiller logs to W&B by default; slkd-train when asked: --wandb, or a LOG.WANDB True override
     overridden = "LOG.WANDB" in list(args.opts)[::2]
     cfg.LOG.WANDB = bool(args.wandb) or (overridden and bool(cfg.LOG.WANDB))
@@ -106,6 +121,31 @@ def build_config(args, host_cfg):
         validate_sld(cfg)
     cfg.freeze()
     return cfg
+
+
+# the keys a flag of slkd-train sets, by the flag's attribute in the parsed arguments
+FLAG_KEYS = {
+    "amp": "SLKD.AMP",
+    "channels_last": "SLKD.CHANNELS_LAST",
+    "fused_loss": "SLKD.FUSED_LOSS",
+    "cuda_graphs": "SLKD.CUDA_GRAPHS",
+    "device_views": "SLKD.DEVICE_VIEWS",
+}
+
+
+def _explicit_keys(args) -> set:
+    """The config keys the run sets itself: in its config file, as ``KEY VALUE`` overrides,
+    or by a flag (``--fast`` leaves these as they are)."""
+    import yaml
+
+    from slkd.utils.settings import flatten
+
+    keys = set(list(args.opts)[::2])
+    keys |= {key for attribute, key in FLAG_KEYS.items() if getattr(args, attribute) not in (None, False)}
+    if args.cfg:
+        with open(args.cfg) as handle:  # read and checked by load_config already
+            keys |= set(flatten(yaml.safe_load(handle) or {}))
+    return keys
 
 
 def _shrink_for_smoke(cfg) -> None:
@@ -265,6 +305,9 @@ def run(argv=None) -> float:
         distiller = build_distiller(host, cfg, num_classes, bool(synthetic), len(train_set), calibration, device_type)
         if context.is_main:
             _print_batch_and_lr(cfg, context)
+            line = fast.hint(cfg, device_type)
+            if line:
+                print(line, flush=True)
             if cfg.LOG.WANDB:
                 _start_wandb(cfg, name)
         trainer = SLKDTrainer(

@@ -16,6 +16,7 @@ EXECUTION_KEYS = (
     "LOG", "EXPERIMENT", "DATASET.NUM_WORKERS", "DATASET.TEST.BATCH_SIZE", "SLKD.LOADER",
     "SLKD.EVAL_FREQ", "SLKD.DETERMINISTIC", "SLKD.FUSED_LOSS", "SLKD.CUDA_GRAPHS", "SLKD.CHANNELS_LAST",
     "SLKD.DEVICE_VIEWS",  # the PIL path's draws, and its pixels to the bit (slkd.host.batch_augment)
+    "SLKD.FAST",  # a switch for the keys above and SLKD.AMP; the keys themselves are compared
 )  # fmt: skip
 
 
