@@ -463,7 +463,14 @@ def test_every_run_failing_is_said_instead_of_pointing_to_the_report(tmp_path, s
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--methods", "KD,FOO"], "unknown method FOO; known methods: KD, DKD, CRD, MLKD, SLD"),
+        (["--methods", "KD,FOO"], "unknown method or variant 'FOO'; known: KD, DKD, CRD, MLKD, SLD, KD+swap,"),
+        (["--methods", "DKD+swp"], "unknown method or variant 'DKD+swp': did you mean DKD+swap"),
+        (["--methods", "SLD@3views"], "did you mean SLD@2views, SLD@1view"),
+        (["--methods", "MLKD@1view"], "MLKD@1view: MLKD is two-view by construction"),
+        (["--methods", "CRD", "--protocol", "1"], "CRD@1view: PROTOCOL.VIEWS applies to the logit methods KD, DKD, MLKD, SLD, not CRD"),
+        (["--protocol", "3"], "--protocol takes 1, 2 or 1,2"),
+        (["--ablation", "dkd"], "unknown ablation 'dkd'; known: sld"),
+        (["--methods", "KD,DKD", "--baseline", "SLD"], "--baseline SLD is not among this benchmark's variants: KD, DKD"),
         (["--pair", "res32x4_res9x9"], "unknown pair res32x4_res9x9; known pairs: "),
         (["--seeds", "0,x"], "--seeds takes integers"),
         (["--parallel", "0"], "--parallel is 0"),

@@ -1,14 +1,18 @@
-"""slkd-bench: run KD, DKD, CRD, MLKD and SLD side by side, and report what the runs recorded.
+"""slkd-bench: run KD, DKD, CRD, MLKD and SLD (and named variants of them) side by side, and
+report what the runs recorded.
 
     slkd-bench run --pair res32x4_res8x4 --methods KD,DKD,CRD,MLKD,SLD --seeds 0,1,2
+                   [--ablation sld] [--protocol 1,2] [--baseline NAME]
                    [--out DIR] [--epochs N] [--set KEY VALUE]... [--parallel N]
                    [--device cpu|cuda] [--amp none|bf16|fp16] [--fast] [--smoke | --synthetic N]
                    [--mdistiller-root PATH] [--dry-run]
-    slkd-bench report DIR [--import PATH...]
+    slkd-bench report DIR [--baseline NAME] [--import PATH...]
 
-``run`` trains every (method, seed) with slkd-train in its own process, into
-``DIR/<pair>/<method>/seed<k>/``; run it again to continue a stopped benchmark (finished
-runs are skipped, half-done ones resumed). ``report`` writes ``summary.md``,
+``run`` trains every (variant, seed) with slkd-train in its own process, into
+``DIR/<pair>/<variant>/seed<k>/`` (a variant: a method, or a name from
+``mdistiller_configs/variants.yaml`` such as ``DKD+swap``, optionally ``@1view``/``@2views``);
+run it again to continue a stopped benchmark (finished runs are skipped, half-done ones
+resumed). ``report`` writes ``summary.md``,
 ``summary.csv``, ``curves.png``, ``losses.png`` and ``swaps.png`` next to the runs;
 ``--import`` adds training logs in mdistiller's ``worklog.txt`` format as rows and curves.
 """
@@ -33,7 +37,10 @@ def parse_args(argv=None):
 
     run = commands.add_parser("run", help="train every method and seed (resumable)")
     run.add_argument("--pair", default="res32x4_res8x4", help="teacher_student pair(s), comma-separated (default res32x4_res8x4)")
-    run.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {','.join(METHODS)} (default all)")
+    run.add_argument("--methods", default=None, help=f"comma-separated methods ({','.join(METHODS)}) or variants of variants.yaml, e.g. DKD+swap, KD+LS, SLD-ts, DKD@2views (default: all methods, unless --ablation)")
+    run.add_argument("--ablation", default=None, metavar="NAME", help="add an ablation's variants (variants.yaml: sld)")
+    run.add_argument("--protocol", default=None, metavar="VIEWS", help="run each logit method and variant at these numbers of views: 1, 2 or 1,2 (NAME@1view, NAME@2views)")
+    run.add_argument("--baseline", default=None, metavar="NAME", help="the variant the report compares the others with (default: the first)")
     run.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     run.add_argument("--out", default=DEFAULT_OUT, help=f"benchmark folder (default {DEFAULT_OUT})")
     run.add_argument("--epochs", type=int, default=None, help="SOLVER.EPOCHS for every run (the decay stages stay as configured)")
@@ -49,13 +56,15 @@ def parse_args(argv=None):
 
     report = commands.add_parser("report", help="tables and figures from the run folders")
     report.add_argument("dir", help="the benchmark folder given to run --out")
+    report.add_argument("--baseline", default=None, metavar="NAME", help="the variant the others are compared with (default: run's --baseline, else the first)")
     report.add_argument("--import", dest="imports", nargs="+", default=[], metavar="PATH", help="training logs in mdistiller's worklog.txt format (files or run folders), shown as extra rows and curves labelled imported")
     return parser.parse_args(argv)
 
 
 def run_command(args) -> int:
-    from slkd.bench import plan, sources
+    from slkd.bench import plan, sources, variants
     from slkd.bench.configs import parse_overrides
+    from slkd.bench.report import write_manifest
     from slkd.bench.run import Options, execute
 
     if args.parallel < 1:
@@ -65,7 +74,8 @@ def run_command(args) -> int:
     if args.epochs is not None and args.epochs < 1:
         raise BenchError(f"--epochs is {args.epochs}: it must be 1 or more")
     pairs = sources.parse_pairs(args.pair)
-    methods = sources.parse_methods(args.methods)
+    chosen = variants.select(args.methods if args.methods is not None or args.ablation else ",".join(METHODS), args.ablation, args.protocol)
+    baseline = _baseline(args.baseline, chosen)
     seeds = sources.parse_seeds(args.seeds)
     overrides = tuple(parse_overrides(args.set))
     options = Options(
@@ -86,10 +96,25 @@ def run_command(args) -> int:
         )
     host = sources.host_root(args.mdistiller_root)
     os.environ["SLKD_MDISTILLER_PATH"] = str(host)  # the runs use the same mdistiller
-    runs = plan.plan(pairs, methods, seeds, Path(args.out), host, args.smoke)
-    print(f"[slkd-bench] {len(runs)} runs ({', '.join(p.name for p in pairs)}; {', '.join(methods)}; seeds {','.join(map(str, seeds))}), mdistiller {host}", flush=True)
+    runs = plan.plan(pairs, chosen, seeds, Path(args.out), host, args.smoke)
+    print(f"[slkd-bench] {len(runs)} runs ({', '.join(p.name for p in pairs)}; {', '.join(v.name for v in chosen)}; seeds {','.join(map(str, seeds))}), mdistiller {host}", flush=True)
+    for variant in chosen:
+        if variant.overrides or variant.scales:
+            print(f"[slkd-bench]   {variant.describe()}", flush=True)
+    if not args.dry_run and runs:
+        write_manifest(runs[0].folder.parents[2], [v.name for v in chosen], baseline)
     outcomes = execute(runs, options, echo=lambda line: print(line, flush=True))
     return _print_outcomes(outcomes, runs, args.dry_run)
+
+
+def _baseline(name, chosen) -> str:
+    """``--baseline``, checked to be one of the chosen variants (default: the first)."""
+    if name is None:
+        return chosen[0].name
+    names = [variant.name for variant in chosen]
+    if name not in names:
+        raise BenchError(f"--baseline {name} is not among this benchmark's variants: {', '.join(names)}")
+    return name
 
 
 def _print_outcomes(outcomes, runs, dry_run: bool) -> int:
@@ -114,7 +139,7 @@ def _print_outcomes(outcomes, runs, dry_run: bool) -> int:
 def report_command(args) -> int:
     from slkd.bench.report import report
 
-    for path in report(Path(args.dir), echo=print, imports=args.imports):
+    for path in report(Path(args.dir), echo=print, imports=args.imports, baseline=args.baseline):
         print(f"[slkd-bench] wrote {path}")
     return 0
 

@@ -9,14 +9,16 @@ In order, later wins:
    convention (its ``dkd/<pair>.yaml``: 0.01 for ShuffleNet and MobileNet students, 0.05 for
    the others); for CRD also ``CRD.FEAT.{TEACHER,STUDENT}_DIM``, the widths of the two
    networks' pooled features, which CRD's embeddings need;
-3. ``--epochs`` (``SOLVER.EPOCHS``), then every ``--set KEY VALUE``, values read as
+3. the variant's overrides (:mod:`slkd.bench.variants`): its ``set`` values, then its
+   ``scale`` factors on the values so far (the host's default where the file has none);
+4. ``--epochs`` (``SOLVER.EPOCHS``), then every ``--set KEY VALUE``, values read as
    mdistiller's command line reads them (Python literals, else strings; tuples become lists,
    as the YAML file holds them), then ``--amp`` (``SLKD.AMP``, always written: the config's
    own value, else ``bf16`` with ``--fast``, else slkd's default, when ``--amp`` is not
    given) and ``--fast`` (``SLKD.FAST True``: slkd-train turns on the rest of what it stands
    for where the file does not set it, :mod:`slkd.host.fast`);
-4. ``LOG.PREFIX``, ``EXPERIMENT.PROJECT``/``NAME``/``TAG``, so that slkd-train writes the run
-   to ``<out>/<pair>/<method>/seed<k>`` (``<out>/smoke/...`` with ``--smoke``).
+5. ``LOG.PREFIX``, ``EXPERIMENT.PROJECT``/``NAME``/``TAG``, so that slkd-train writes the run
+   to ``<out>/<pair>/<variant>/seed<k>`` (``<out>/smoke/...`` with ``--smoke``).
 
 The result is written as a complete YAML file into the run folder (``bench_config.yaml``);
 slkd-train merges it into the host's ``CFG``, so a bad key or value fails that run with
@@ -93,9 +95,10 @@ def _tuples_as_lists(value):
 
 def run_config(
     method: str, pair: Pair, source: Path, *, prefix: Path, seed: int, epochs: int | None, overrides, amp: str | None = None,
-    fast: bool = False,
+    fast: bool = False, variant=None,
 ) -> tuple[dict, list[str]]:
-    """The run's config as a dict, and comment lines saying where each part came from."""
+    """The run's config as a dict, and comment lines saying where each part came from
+    (``variant``: a :class:`slkd.bench.variants.Variant` of ``method``, None for the method)."""
     config = yaml.safe_load(source.read_text()) or {}
     notes = [f"from {source}"]
     distiller = config.setdefault("DISTILLER", {})
@@ -109,6 +112,14 @@ def run_config(
             feat = config.setdefault("CRD", {}).setdefault("FEAT", {})
             feat.update(TEACHER_DIM=teacher_dim, STUDENT_DIM=student_dim)
             notes.append(f"CRD.FEAT.TEACHER_DIM {teacher_dim}, CRD.FEAT.STUDENT_DIM {student_dim} (the networks' pooled features)")
+    name = method
+    if variant is not None:
+        name = variant.name
+        for key, value in variant.overrides:
+            _set(config, key, value)
+        for key, factor in variant.scales:
+            _set(config, key, _current(config, key) * factor)
+        notes.append(f"variant {variant.describe()}")
     changes = ([("SOLVER.EPOCHS", epochs)] if epochs is not None else []) + list(overrides)
     for key, value in changes:
         _set(config, key, value)
@@ -119,9 +130,9 @@ def run_config(
         _set(config, "SLKD.FAST", True)
         notes.append("SLKD.FAST True (--fast)")
     _set(config, "LOG.PREFIX", str(prefix))
-    _set(config, "EXPERIMENT.PROJECT", f"{pair.name}/{method}")
+    _set(config, "EXPERIMENT.PROJECT", f"{pair.name}/{name}")
     _set(config, "EXPERIMENT.NAME", f"seed{seed}")
-    _set(config, "EXPERIMENT.TAG", f"{method.lower()},{pair.teacher},{pair.student}")
+    _set(config, "EXPERIMENT.TAG", f"{name.lower()},{pair.teacher},{pair.student}")
     return config, notes
 
 
@@ -174,6 +185,27 @@ def _set(config: dict, dotted: str, value) -> None:
         example = next(iter(config[leaf]), "KEY")
         raise BenchError(f"{dotted} is a config node, not a value: set its keys one by one, e.g. --set {dotted}.{example} VALUE")
     config[leaf] = copy.deepcopy(value)
+
+
+def _current(config: dict, dotted: str) -> float:
+    """The number at ``dotted`` in ``config``, else the host's default for it."""
+    node = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _host_default(dotted)
+        node = node[part]
+    return float(node)
+
+
+def _host_default(dotted: str) -> float:
+    from slkd.host.registry import import_host
+
+    node = import_host().cfg
+    for part in dotted.split("."):
+        if part not in node:
+            raise BenchError(f"a variant scales {dotted}, which neither the config nor mdistiller's CFG has; fix its name in variants.yaml")
+        node = node[part]
+    return float(node)
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,7 +1,8 @@
 """Which runs a benchmark is made of, where each one lives, and what each needs now.
 
-A run is one (pair, method, seed); its folder is ``<out>/<pair>/<method>/seed<k>``, or
-``<out>/smoke/<pair>/<method>/seed<k>`` with ``--smoke`` (slkd-train puts smoke runs under
+A run is one (pair, variant, seed), a variant being a method or a named variant of it
+(:mod:`slkd.bench.variants`); its folder is ``<out>/<pair>/<variant>/seed<k>``, or
+``<out>/smoke/<pair>/<variant>/seed<k>`` with ``--smoke`` (slkd-train puts smoke runs under
 ``LOG.PREFIX/smoke``). What a run needs is read from its folder alone:
 
 - ``done``: ``summary.json`` says ``epochs_done == epochs``; the run is skipped;
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slkd.bench.sources import Pair, source_config
+from slkd.bench.variants import Variant
 from slkd.utils.checkpoint import has_resume_checkpoint
 
 DONE, RESUME, START = "done", "resume", "start"
@@ -28,7 +30,8 @@ DONE, RESUME, START = "done", "resume", "start"
 
 @dataclass(frozen=True)
 class Run:
-    """One (pair, method, seed) of the benchmark."""
+    """One (pair, variant, seed) of the benchmark; ``method`` is the variant's method
+    (``variant`` None: the method itself)."""
 
     pair: Pair
     method: str
@@ -36,20 +39,28 @@ class Run:
     source: Path  # the config file it starts from
     prefix: Path  # LOG.PREFIX given to slkd-train
     folder: Path  # where slkd-train writes it
+    variant: Variant | None = None
+
+    @property
+    def name(self) -> str:
+        """The variant's name (the method's for a plain method)."""
+        return self.variant.name if self.variant else self.method
 
     @property
     def label(self) -> str:
-        return f"{self.pair.name} {self.method} seed{self.seed}"
+        return f"{self.pair.name} {self.name} seed{self.seed}"
 
 
-def plan(pairs: list[Pair], methods: list[str], seeds: list[int], out: Path, host: Path, smoke: bool) -> list[Run]:
-    """Every run of ``pairs x methods x seeds``, in that order."""
+def plan(pairs: list[Pair], variants: list, seeds: list[int], out: Path, host: Path, smoke: bool) -> list[Run]:
+    """Every run of ``pairs x variants x seeds``, in that order (``variants``: :class:`Variant`
+    objects, or method names)."""
     prefix = Path(out).resolve()
     root = prefix / "smoke" if smoke else prefix
+    variants = [variant if isinstance(variant, Variant) else Variant(variant, variant) for variant in variants]
     return [
-        Run(pair, method, seed, source_config(method, pair, host), prefix, root / pair.name / method / f"seed{seed}")
+        Run(pair, variant.method, seed, source_config(variant.method, pair, host), prefix, root / pair.name / variant.name / f"seed{seed}", variant)
         for pair in pairs
-        for method in methods
+        for variant in variants
         for seed in seeds
     ]
 

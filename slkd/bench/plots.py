@@ -4,7 +4,10 @@
   seeds' min-max band, one panel per pair;
 - ``losses.png``: each loss term per epoch (mean over seeds, min-max band), one panel per
   pair and method;
-- ``swaps.png``: for SLD, the share of training samples (both views) on which the teacher's
+- ``ablation.png``: per pair, each variant's best test top-1 (mean over seeds, the point;
+  the sample standard deviation, the error bar), grouped by the number of views the runs
+  trained with, the baseline's mean as a dashed line; imported logs are not in it;
+- ``swaps.png``: for SLD and its variants, the share of training samples (both views) on which the teacher's
   top class is not the label, so its logits get swapped, and the same for the student as
   pseudo-teacher, per epoch; a dotted line marks ``SLD.GAMMA``, after which the
   pseudo-teacher term is on. Not drawn without SLD runs.
@@ -28,7 +31,10 @@ def draw_all(table: list, root: Path, tables_written=()) -> list[Path]:
     """Draw every figure for ``table`` (report rows) into ``root``; return the files written."""
     mpl = _matplotlib(tables_written)
     written = [_curves(table, root / "curves.png", mpl), _losses(table, root / "losses.png", mpl)]
-    sld = [row for row in table if row.method == "SLD"]
+    own = [row for row in table if not row.imported]
+    if own:
+        written.append(_ablation(own, root / "ablation.png", mpl))
+    sld = [row for row in own if row.base_method == "SLD"]
     if sld:
         written.append(_swaps(sld, root / "swaps.png", mpl))
     return written
@@ -105,6 +111,46 @@ def _losses(table, path, mpl) -> Path:
         _band(axis, row.runs, "train_loss", "total", style="--")
         axis.set(title=f"{row.pair} {row.name}: training losses", xlabel="epoch", ylabel="loss (mean per image)")
         axis.legend(fontsize="small")
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def ablation_groups(rows: list) -> list[tuple[str, list]]:
+    """``[(views, rows)]``: ``rows`` (one pair's) grouped by their runs' number of views, in
+    the order of the views, each group in the rows' order."""
+    groups: dict[str, list] = {}
+    for row in rows:
+        groups.setdefault(row.joined("views"), []).append(row)
+    return sorted(groups.items(), key=lambda item: item[0])
+
+
+def _ablation(table, path, mpl) -> Path:
+    pairs = list(dict.fromkeys(row.pair for row in table))
+    figure, axes = _grid(len(pairs), mpl, columns=1)
+    for axis, pair in zip(axes, pairs):
+        rows = [row for row in table if row.pair == pair]
+        position, ticks, names = 0, [], []
+        for views, group in ablation_groups(rows):
+            start = position
+            for row in group:
+                mean, std = row.as_dict()["best_mean"], row.as_dict()["best_std"]
+                axis.errorbar(position, mean, yerr=std or 0.0, fmt="o", capsize=5, color=f"C{views if views.isdigit() else 0}")
+                ticks.append(position)
+                names.append(textwrap.fill(f"{row.name} (n={row.n})", 12))
+                position += 1
+            axis.annotate(f"{views} view{'' if views == '1' else 's'}", xy=((start + position - 1) / 2, 0.97), xycoords=("data", "axes fraction"),
+                          ha="center", va="top", fontweight="bold")
+            position += 1  # a gap between protocols
+        base = next((row for row in rows if row.baseline == row.name), None)
+        if base is not None:
+            axis.axhline(base.as_dict()["best_mean"], color="grey", linestyle="--", label=f"baseline {base.name}")
+            axis.legend(fontsize="small", loc="lower right")
+        axis.set_xticks(ticks, names, fontsize="small")
+        axis.set_xlim(-0.7, position - 0.3)
+        axis.margins(y=0.25)
+        axis.set(title=f"{pair}: best test top-1 (mean ± std over seeds)", ylabel="top-1 (%)")
+    most = max(sum(row.pair == pair for row in table) for pair in pairs)
+    figure.set_size_inches(max(PANEL_SIZE[0], 1.6 * most + 2), PANEL_SIZE[1] * 1.3 * len(pairs))
     figure.savefig(path, dpi=120)
     return path
 

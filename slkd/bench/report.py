@@ -6,10 +6,13 @@ the trainer recorded), ``metrics.jsonl``, ``config.yaml`` and ``environment.json
 slkd's trainer writes them. Only complete runs
 (``epochs_done == epochs``) enter the numbers; the others are listed as left out.
 
-Writes ``summary.md`` and ``summary.csv`` (per pair and method: best and last test top-1 as
-mean and sample standard deviation over seeds, the protocol, seconds per epoch, peak GPU
-memory when recorded, the published number with its source) and the figures of
-:mod:`slkd.bench.plots`.
+Writes ``summary.md`` and ``summary.csv`` (per pair and variant: best and last test top-1 as
+mean and sample standard deviation over seeds, the difference to the baseline variant with
+its 95% confidence interval, paired by seed or Welch's (:mod:`slkd.bench.stats`), the
+protocol, seconds per epoch, peak GPU memory when recorded, the published number with its
+source) and the figures of :mod:`slkd.bench.plots`. The baseline is ``--baseline``, else the
+one ``slkd-bench run`` recorded in ``benchmark.json``, else each pair's first row; the rows
+follow the order of the run's variants.
 
 Only runs with the same settings are averaged together: the whole ``config.yaml`` (but the
 keys that only place a run: the seed, ``LOG.PREFIX``, ``EXPERIMENT.*``, and those that only
@@ -34,12 +37,16 @@ from slkd.bench.configs import PLACEMENT_KEYS
 from slkd.bench.plan import is_complete, read_summary, recorded_options
 from slkd.bench.published import SOURCES, TOP1, published
 from slkd.bench.sources import METHODS, BenchError, known_pairs
+from slkd.bench.stats import Difference, difference
+from slkd.bench.variants import NATIVE_VIEWS, VIEWS_SUFFIX, read_variant
 from slkd.bench.worklog import Worklog
 from slkd.utils.settings import EXECUTION_KEYS, flatten, is_under
 
 SEED_FOLDER = re.compile(r"seed(\d+)$")
+MANIFEST = "benchmark.json"  # the variants of slkd-bench run, in order, and the baseline
 CSV_COLUMNS = (
-    "pair", "method", "settings", "n", "seeds", "best_mean", "best_std", "last_mean", "last_std", "epochs", "views",
+    "pair", "method", "variant", "settings", "n", "seeds", "best_mean", "best_std", "last_mean", "last_std",
+    "baseline", "comparison", "best_diff", "best_ci_low", "best_ci_high", "last_diff", "last_ci_low", "last_ci_high", "epochs", "views",
     "augmentation", "data", "amp", "train_seconds_per_epoch", "eval_seconds_per_epoch", "peak_memory_mib",
     "published", "published_source",
 )
@@ -57,10 +64,16 @@ class RunFolder:
     metrics: list
     config: dict
     environment: dict
+    variant: dict = None  # variant.json: name, method, set, scale ({} for a plain method)
 
     @property
     def complete(self) -> bool:
         return is_complete(self.summary)
+
+    @property
+    def base_method(self) -> str:
+        """The method the run trained (``DISTILLER.TYPE``), whatever its variant's name."""
+        return self.config.get("DISTILLER", {}).get("TYPE") or (self.variant or {}).get("method") or self.method
 
     @property
     def views(self) -> int | str:
@@ -114,6 +127,7 @@ class ImportedRun:
     pair: str
     method: str
     seed = None
+    variant = {}
     config = {}
     environment = {}
     views = "not recorded"
@@ -125,6 +139,10 @@ class ImportedRun:
     @property
     def folder(self) -> Path:
         return self.log.path
+
+    @property
+    def base_method(self) -> str:
+        return self.method
 
     @property
     def metrics(self) -> list:
@@ -151,15 +169,38 @@ def imported_row(log: Worklog) -> "Row":
 
 @dataclass
 class Row:
-    """One line of the summary: a (pair, method) over its complete runs with one setting;
-    ``differing`` names the settings in which this row's runs differ from the pair and
-    method's other rows, and ``label`` gives this row's values of them."""
+    """One line of the summary: a (pair, variant) over its complete runs with one setting
+    (``method``: the variant's name, the run folder's); ``differing`` names the settings in
+    which this row's runs differ from the pair and variant's other rows, and ``label`` gives
+    this row's values of them. ``baseline``, ``best`` and ``last``: the comparison with the
+    pair's baseline row (:func:`compare`)."""
 
     pair: str
     method: str
     runs: list
     differing: tuple = ()
     label: str = ""
+    baseline: str = ""
+    best: Difference | None = None
+    last: Difference | None = None
+
+    @property
+    def base_method(self) -> str:
+        return self.runs[0].base_method
+
+    @property
+    def imported(self) -> bool:
+        return isinstance(self.runs[0], ImportedRun)
+
+    @property
+    def overrides(self) -> str:
+        """The variant's overrides as its runs recorded them (``KEY value, KEY xfactor``)."""
+        record = self.runs[0].variant or {}
+        changes = [f"{key} {value!r}" for key, value in (record.get("set") or {}).items()]
+        return ", ".join(changes + [f"{key} x{factor:g}" for key, factor in (record.get("scale") or {}).items()])
+
+    def by_seed(self, key: str) -> dict:
+        return {run.seed: run.summary[key] for run in self.runs}
 
     @property
     def name(self) -> str:
@@ -182,17 +223,27 @@ class Row:
     def as_dict(self) -> dict:
         best, last = self.values("best_acc"), self.values("last_acc")
         train, evaluation, memory = self.per_epoch("train_seconds"), self.per_epoch("eval_seconds"), self.per_epoch("peak_memory_mib")
-        paper = published(self.pair, self.method)
+        paper = published_for(self.pair, self.method, self.base_method)
+        best_diff, last_diff = self.best, self.last
         return {
             "pair": self.pair,
-            "method": self.method,
-            "settings": self.label,
+            "method": self.base_method,
+            "variant": self.method,
+            "settings": ", ".join(part for part in (self.overrides, self.label) if part),
             "n": self.n,
             "seeds": " ".join(str(run.seed) for run in self.runs if run.seed is not None),
             "best_mean": statistics.mean(best),
             "best_std": statistics.stdev(best) if self.n > 1 else None,
             "last_mean": statistics.mean(last),
             "last_std": statistics.stdev(last) if self.n > 1 else None,
+            "baseline": self.baseline,
+            "comparison": best_diff.kind if best_diff else "",
+            "best_diff": best_diff.estimate if best_diff else None,
+            "best_ci_low": best_diff.low if best_diff else None,
+            "best_ci_high": best_diff.high if best_diff else None,
+            "last_diff": last_diff.estimate if last_diff else None,
+            "last_ci_low": last_diff.low if last_diff else None,
+            "last_ci_high": last_diff.high if last_diff else None,
             "epochs": "/".join(str(e) for e in sorted({run.summary["epochs"] for run in self.runs})),
             "views": self.joined("views"),
             "augmentation": self.joined("augmentation"),
@@ -204,6 +255,50 @@ class Row:
             "published": paper[0] if paper else None,
             "published_source": paper[1] if paper else "",
         }
+
+
+def published_for(pair: str, name: str, method: str) -> tuple[float, str] | None:
+    """The published top-1 of the variant ``name`` (of ``method``) on ``pair``: its own, or
+    for ``NAME@Nview(s)`` at the method's own number of views, NAME's."""
+    found = published(pair, name)
+    suffix = VIEWS_SUFFIX.match(name)
+    if found is None and suffix and int(suffix.group("views")) == NATIVE_VIEWS.get(method):
+        found = published(pair, suffix.group("base"))
+    return found
+
+
+def compare(table: list[Row], baseline: str | None) -> list[str]:
+    """Set each row's difference to its pair's baseline row (``baseline`` by name, else the
+    pair's first row), best and last top-1, 95% CI; return warnings for pairs without it."""
+    warnings = []
+    for pair in dict.fromkeys(row.pair for row in table):
+        own = [row for row in table if row.pair == pair and not row.imported]
+        base = next((row for row in own if row.method == baseline), None) if baseline else (own[0] if own else None)
+        if base is None:
+            if own:
+                warnings.append(f"{pair}: no complete run of the baseline {baseline}; no differences shown")
+            continue
+        for row in own:
+            row.baseline = base.name
+            if row is not base:
+                row.best = difference(row.by_seed("best_acc"), base.by_seed("best_acc"))
+                row.last = difference(row.by_seed("last_acc"), base.by_seed("last_acc"))
+    return warnings
+
+
+def write_manifest(root: Path, names: list[str], baseline: str) -> Path:
+    """Record the benchmark's variants (in order, after those an earlier run recorded) and
+    its baseline in ``root/benchmark.json``."""
+    root = Path(root)
+    earlier = read_manifest(root).get("variants", [])
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / MANIFEST
+    path.write_text(json.dumps({"variants": list(dict.fromkeys(earlier + names)), "baseline": baseline}, indent=2) + "\n")
+    return path
+
+
+def read_manifest(root: Path) -> dict:
+    return _read_json(Path(root) / MANIFEST)
 
 
 def runs_root(folder: Path) -> Path:
@@ -235,20 +330,21 @@ def load_runs(root: Path) -> list[RunFolder]:
                 metrics=metrics,
                 config=_read_yaml(folder / "config.yaml"),
                 environment=_read_json(folder / "environment.json"),
+                variant=read_variant(folder),
             )
         )
     return records
 
 
-def rows(records: list[RunFolder]) -> list[Row]:
-    """One :class:`Row` per (pair, method) and setting with complete runs, methods in the
-    usual order."""
+def rows(records: list[RunFolder], order: list[str] = ()) -> list[Row]:
+    """One :class:`Row` per (pair, variant) and setting with complete runs: the variants in
+    ``order`` first, in that order, then the methods in the usual order, then by name."""
     groups: dict[tuple, list] = {}
     for record in records:
         if record.complete:
             groups.setdefault((record.pair, record.method), []).append(record)
-    order = {method: index for index, method in enumerate(METHODS)}
-    keys = sorted(groups, key=lambda key: (key[0], order.get(key[1], len(order)), key[1]))
+    rank = {name: index for index, name in enumerate(list(order) + [m for m in METHODS if m not in order])}
+    keys = sorted(groups, key=lambda key: (key[0], rank.get(key[1], len(rank)), key[1]))
     return [row for pair, method in keys for row in _rows_by_setting(pair, method, sorted(groups[(pair, method)], key=lambda r: r.seed))]
 
 
@@ -291,10 +387,11 @@ def mixed_settings(table: list[Row]) -> list[str]:
     ]
 
 
-def report(folder: Path, echo=print, imports=()) -> list[Path]:
+def report(folder: Path, echo=print, imports=(), baseline: str | None = None) -> list[Path]:
     """Write the tables and figures next to the runs; return the files written. ``imports``:
     paths of ``worklog.txt`` files (or their folders) shown as extra rows and curves; with
-    them, ``folder`` may hold no runs (the report is then written into it)."""
+    them, ``folder`` may hold no runs (the report is then written into it). ``baseline``:
+    the variant the others are compared with (default: the run's, else each pair's first)."""
     from slkd.bench import plots, worklog
 
     logs = [worklog.read(path) for path in imports]
@@ -306,9 +403,16 @@ def report(folder: Path, echo=print, imports=()) -> list[Path]:
     if root != Path(folder):
         echo(f"[slkd-bench] only smoke runs under {folder}: reporting {root}")
     records = load_runs(root)
-    table = rows(records)
+    manifest = read_manifest(root)
+    table = rows(records, manifest.get("variants", []))
     if not table and not logs:
         raise BenchError(f"no complete run under {root}: each run's summary.json must record all its epochs")
+    baseline = baseline or manifest.get("baseline")
+    names = {row.method for row in table}
+    if baseline and baseline not in names and table:
+        raise BenchError(f"--baseline {baseline}: no complete run of it under {root}; variants there: {', '.join(sorted(names))}")
+    for warning in compare(table, baseline):
+        echo(f"[slkd-bench] warning: {warning}")
     table += [imported_row(log) for log in logs]
     for warning in mixed_settings(table):
         echo(f"[slkd-bench] warning: {warning}")
@@ -334,14 +438,14 @@ def write_markdown(table: list[Row], records: list[RunFolder], path: Path) -> Pa
         "Best: the highest test top-1 over a run's epochs (what papers usually report); last: its final epoch.",
         "Published: the baselines' authors' numbers (KD, DKD: mdistiller's README; MLKD: the logit-standardization README), not these runs'.",
         "",
-        "| pair | method | n | best top-1 | last top-1 | epochs | views | augmentation | data | AMP | s/epoch train | s/epoch eval | peak GPU MiB | published |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| pair | method | n | best top-1 | last top-1 | best − baseline [95% CI] | last − baseline [95% CI] | epochs | views | augmentation | data | AMP | s/epoch train | s/epoch eval | peak GPU MiB | published |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in table:
         d = row.as_dict()
         lines.append(
             f"| {d['pair']} | {row.name} | {d['n']} | {_mean_std(d['best_mean'], d['best_std'])} | "
-            f"{_mean_std(d['last_mean'], d['last_std'])} | {d['epochs']} | {d['views']} | {d['augmentation']} | {d['data']} | {d['amp']} | "
+            f"{_mean_std(d['last_mean'], d['last_std'])} | {_versus(row, row.best)} | {_versus(row, row.last)} | {d['epochs']} | {d['views']} | {d['augmentation']} | {d['data']} | {d['amp']} | "
             f"{_number(d['train_seconds_per_epoch'], '.2f')} | {_number(d['eval_seconds_per_epoch'], '.2f')} | "
             f"{_number(d['peak_memory_mib'], '.0f', 'not recorded')} | {_number(d['published'], '.2f')} |"
         )
@@ -350,11 +454,30 @@ def write_markdown(table: list[Row], records: list[RunFolder], path: Path) -> Pa
     return path
 
 
+def _versus(row: Row, diff: Difference | None) -> str:
+    """The markdown cell of a difference to the baseline (the baseline's own row says so)."""
+    if diff is not None:
+        return diff.describe()
+    return "baseline" if row.baseline and row.baseline == row.name else ""
+
+
 def _notes(table: list[Row], records: list[RunFolder]) -> list[str]:
     notes = [f"not averaged together: {warning}." for warning in mixed_settings(table)]
-    methods_published = [method for method in METHODS if any(row.method == method and row.as_dict()["published"] is not None for row in table)]
-    for source in dict.fromkeys(SOURCES[method] for method in methods_published):
-        named = [method for method in methods_published if SOURCES[method] == source]
+    baselines = sorted({row.baseline for row in table if row.baseline})
+    if baselines:
+        notes.append(
+            f"best/last − baseline ({', '.join(baselines)}): difference of the means, with a 95% t interval, paired by seed when both "
+            "ran the same seeds (the same seed gives the same initial student and data order), Welch's otherwise; none with fewer than 2 seeds."
+        )
+    variants = {row.method: row.overrides for row in table if row.overrides}
+    for name, overrides in variants.items():
+        notes.append(f"variant {name}: {overrides}.")
+    sources: dict[str, list] = {}
+    for row in table:
+        found = published_for(row.pair, row.method, row.base_method)
+        if found and row.method not in sources.setdefault(found[1], []):
+            sources[found[1]].append(row.method)
+    for source, named in sources.items():
         notes.append(f"published {', '.join(named)}: {source}.")
     for pair in sorted({row.pair for row in table}):
         if "MLKD+LS" in TOP1.get(pair, {}):

@@ -35,6 +35,7 @@ import yaml
 
 from slkd.bench import plan as planning
 from slkd.bench.configs import FILE_NAME, protocol_differences, run_config, write_run_config
+from slkd.bench.variants import VARIANT_NAME, write_variant
 
 LOG_NAME = "bench.log"
 PID_NAME = "bench.pid"  # the run's slkd-train process while it runs
@@ -165,7 +166,7 @@ def _job(run: planning.Run, options: Options) -> _Job:
     """The run's job with its config built (its folder is not looked at yet)."""
     config, notes = run_config(
         run.method, run.pair, run.source, prefix=run.prefix, seed=run.seed,
-        epochs=options.epochs, overrides=options.overrides, amp=options.amp, fast=options.fast,
+        epochs=options.epochs, overrides=options.overrides, amp=options.amp, fast=options.fast, variant=run.variant,
     )
     return _Job(run, config, notes)
 
@@ -217,11 +218,13 @@ def _claim_and_prepare(job: _Job, options: Options, wanted: dict) -> Outcome | N
 
 
 def _prepare(job: _Job) -> None:
-    """Write the run's config; before a fresh start, drop the metrics of an unfinished attempt
-    (slkd-train appends to metrics.jsonl)."""
+    """Write the run's config and its variant; before a fresh start, drop the metrics of an
+    unfinished attempt (slkd-train appends to metrics.jsonl)."""
     if job.action == planning.START:
         (job.run.folder / "metrics.jsonl").unlink(missing_ok=True)
     write_run_config(job.run.folder / FILE_NAME, job.config, job.notes)
+    if job.run.variant is not None:
+        write_variant(job.run.folder / VARIANT_NAME, job.run.variant)
 
 
 def _claimed_outcome(run: planning.Run, holder: str) -> Outcome:

@@ -97,15 +97,6 @@ def parse_pairs(text: str) -> list[Pair]:
     return [known[name] for name in dict.fromkeys(names)]
 
 
-def parse_methods(text: str) -> list[str]:
-    """``"KD,sld"`` -> ``["KD", "SLD"]``, or :class:`BenchError` naming the known methods."""
-    names = [name.strip().upper() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in METHODS]
-    if unknown or not names:
-        raise BenchError(f"unknown method {', '.join(unknown) or repr(text)}; known methods: {', '.join(METHODS)}")
-    return list(dict.fromkeys(names))
-
-
 def parse_seeds(text: str) -> list[int]:
     """``"0,1,2"`` -> ``[0, 1, 2]``."""
     try:
