@@ -32,7 +32,7 @@ def test_the_file_names_every_variant_of_the_issue():
         assert name in variants and variants[name].about, name
     assert ablations["sld"][0] == "SLD" and len(ablations["sld"]) == 8
     assert dict(variants["SLD-noswap"].overrides) == {"LOGITS.TEACHER_SWAP": False, "SLD.STUDENT_SWAP": False}
-    assert dict(variants["DKD+LS"].scales) == {"DKD.ALPHA": 9.0, "DKD.BETA": 9.0}
+    assert (variants["DKD+LS"].config, variants["KD+LS"].config, variants["MLKD+LS"].config) == ("ls/dkd", "ls/kd", "ls/mlkd")
 
 
 def test_names_resolve_with_views_and_methods_in_any_case():
@@ -79,14 +79,25 @@ def test_a_bad_file_is_refused(tmp_path):
 
 def test_a_variants_config_has_its_overrides_and_the_users_set_wins(tmp_path):
     source = tmp_path / "dkd.yaml"
-    source.write_text(yaml.safe_dump({"DISTILLER": {"TYPE": "DKD", "TEACHER": "resnet32x4", "STUDENT": "resnet8x4"}, "DKD": {"ALPHA": 1.0, "BETA": 8.0}}))
-    variant = V.resolve("DKD+LS@2views")
+    source.write_text(yaml.safe_dump({"DISTILLER": {"TYPE": "DKD", "TEACHER": "resnet32x4", "STUDENT": "resnet8x4"}, "DKD": {"T": 4.0}}))
+    variant = V.resolve("DKD+swap@2views")
     config, notes = run_config("DKD", Pair(PAIR, "resnet32x4", "resnet8x4"), source, prefix=tmp_path, seed=0, epochs=None,
-                               overrides=[("DKD.T", 3.0)], variant=variant)
-    assert config["LOGITS"] == {"STANDARDIZE": True} and config["PROTOCOL"] == {"VIEWS": 2}
-    assert (config["DKD"]["ALPHA"], config["DKD"]["BETA"], config["DKD"]["T"]) == (9.0, 72.0, 3.0)
-    assert config["EXPERIMENT"]["PROJECT"] == f"{PAIR}/DKD+LS@2views" and config["EXPERIMENT"]["TAG"].startswith("dkd+ls@2views,")
-    assert any(note.startswith("variant DKD+LS@2views: DKD with LOGITS.STANDARDIZE True") and "DKD.ALPHA x9" in note for note in notes)
+                               overrides=[("LOGITS.TEACHER_SWAP", False)], variant=variant)
+    assert config["LOGITS"] == {"TEACHER_SWAP": False} and config["PROTOCOL"] == {"VIEWS": 2} and config["DKD"]["T"] == 4.0
+    assert config["EXPERIMENT"]["PROJECT"] == f"{PAIR}/DKD+swap@2views" and config["EXPERIMENT"]["TAG"].startswith("dkd+swap@2views,")
+    assert "variant DKD+swap@2views: DKD with LOGITS.TEACHER_SWAP True, PROTOCOL.VIEWS 2" in notes
+
+
+def test_a_variant_with_per_pair_configs_starts_from_its_pairs_file(tmp_path):
+    from slkd.bench.sources import source_config, slkd_configs
+
+    folder = slkd_configs() / "ls" / "kd"
+    if not (folder / "res56_res20.yaml").is_file():
+        pytest.skip("this checkout has no ls/kd configs yet")
+    assert source_config("KD", Pair("res56_res20", "resnet56", "resnet20"), tmp_path, "ls/kd") == folder / "res56_res20.yaml"
+    with pytest.raises(BenchError, match="no ls/kd config for res32x4_shuv1 \\(its settings are per pair\\); pairs with one: .*res56_res20"):
+        source_config("KD", Pair("res32x4_shuv1", "resnet32x4", "ShuffleV1"), tmp_path, "ls/kd")
+    assert V.resolve("KD+LS").describe() == "KD+LS: KD with the ls/kd/<pair>.yaml config"
 
 
 def test_a_variants_runs_live_in_its_own_folder_with_its_record(tmp_path, stand_in):  # noqa: F811
@@ -101,7 +112,7 @@ def test_a_variants_runs_live_in_its_own_folder_with_its_record(tmp_path, stand_
 
 
 def test_plan_places_each_variant(tmp_path, monkeypatch):
-    monkeypatch.setattr("slkd.bench.plan.source_config", lambda method, pair, host: Path(f"/{method}.yaml"))
+    monkeypatch.setattr("slkd.bench.plan.source_config", lambda method, pair, host, folder: Path(f"/{folder or method}.yaml"))
     runs = plan([Pair(PAIR, "t", "s")], V.select("KD,KD+swap"), [0, 1], tmp_path, tmp_path, smoke=True)
     assert [(run.name, run.method, run.source.name, run.folder.relative_to(tmp_path).as_posix()) for run in runs] == [
         ("KD", "KD", "KD.yaml", f"smoke/{PAIR}/KD/seed0"), ("KD", "KD", "KD.yaml", f"smoke/{PAIR}/KD/seed1"),
@@ -189,7 +200,7 @@ def test_every_override_is_a_key_of_the_hosts_config(host):
         pytest.skip("this slkd registers no PROTOCOL and LOGITS nodes yet")
     variants, _ = V.catalogue()
     for variant in variants.values():
-        for key, _value in variant.overrides + variant.scales:
+        for key, _value in variant.overrides:
             node = cfg
             for part in key.split("."):
                 assert part in node, f"{variant.name}: {key} is not a config key"

@@ -99,7 +99,7 @@ def run_command(args) -> int:
     runs = plan.plan(pairs, chosen, seeds, Path(args.out), host, args.smoke)
     print(f"[slkd-bench] {len(runs)} runs ({', '.join(p.name for p in pairs)}; {', '.join(v.name for v in chosen)}; seeds {','.join(map(str, seeds))}), mdistiller {host}", flush=True)
     for variant in chosen:
-        if variant.overrides or variant.scales:
+        if variant.overrides or variant.config:
             print(f"[slkd-bench]   {variant.describe()}", flush=True)
     if not args.dry_run and runs:
         write_manifest(runs[0].folder.parents[2], [v.name for v in chosen], baseline)

@@ -9,8 +9,7 @@ In order, later wins:
    convention (its ``dkd/<pair>.yaml``: 0.01 for ShuffleNet and MobileNet students, 0.05 for
    the others); for CRD also ``CRD.FEAT.{TEACHER,STUDENT}_DIM``, the widths of the two
    networks' pooled features, which CRD's embeddings need;
-3. the variant's overrides (:mod:`slkd.bench.variants`): its ``set`` values, then its
-   ``scale`` factors on the values so far (the host's default where the file has none);
+3. the variant's ``set`` overrides (:mod:`slkd.bench.variants`);
 4. ``--epochs`` (``SOLVER.EPOCHS``), then every ``--set KEY VALUE``, values read as
    mdistiller's command line reads them (Python literals, else strings; tuples become lists,
    as the YAML file holds them), then ``--amp`` (``SLKD.AMP``, always written: the config's
@@ -117,8 +116,6 @@ def run_config(
         name = variant.name
         for key, value in variant.overrides:
             _set(config, key, value)
-        for key, factor in variant.scales:
-            _set(config, key, _current(config, key) * factor)
         notes.append(f"variant {variant.describe()}")
     changes = ([("SOLVER.EPOCHS", epochs)] if epochs is not None else []) + list(overrides)
     for key, value in changes:
@@ -185,27 +182,6 @@ def _set(config: dict, dotted: str, value) -> None:
         example = next(iter(config[leaf]), "KEY")
         raise BenchError(f"{dotted} is a config node, not a value: set its keys one by one, e.g. --set {dotted}.{example} VALUE")
     config[leaf] = copy.deepcopy(value)
-
-
-def _current(config: dict, dotted: str) -> float:
-    """The number at ``dotted`` in ``config``, else the host's default for it."""
-    node = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return _host_default(dotted)
-        node = node[part]
-    return float(node)
-
-
-def _host_default(dotted: str) -> float:
-    from slkd.host.registry import import_host
-
-    node = import_host().cfg
-    for part in dotted.split("."):
-        if part not in node:
-            raise BenchError(f"a variant scales {dotted}, which neither the config nor mdistiller's CFG has; fix its name in variants.yaml")
-        node = node[part]
-    return float(node)
 
 
 @functools.lru_cache(maxsize=None)

@@ -58,7 +58,7 @@ def plan(pairs: list[Pair], variants: list, seeds: list[int], out: Path, host: P
     root = prefix / "smoke" if smoke else prefix
     variants = [variant if isinstance(variant, Variant) else Variant(variant, variant) for variant in variants]
     return [
-        Run(pair, variant.method, seed, source_config(variant.method, pair, host), prefix, root / pair.name / variant.name / f"seed{seed}", variant)
+        Run(pair, variant.method, seed, source_config(variant.method, pair, host, variant.config), prefix, root / pair.name / variant.name / f"seed{seed}", variant)
         for pair in pairs
         for variant in variants
         for seed in seeds

@@ -64,7 +64,7 @@ class RunFolder:
     metrics: list
     config: dict
     environment: dict
-    variant: dict = None  # variant.json: name, method, set, scale ({} for a plain method)
+    variant: dict = None  # variant.json: name, method, config, set ({} for a plain method)
 
     @property
     def complete(self) -> bool:
@@ -194,10 +194,11 @@ class Row:
 
     @property
     def overrides(self) -> str:
-        """The variant's overrides as its runs recorded them (``KEY value, KEY xfactor``)."""
+        """The variant's config and overrides as its runs recorded them (``config FOLDER,
+        KEY value, ...``)."""
         record = self.runs[0].variant or {}
-        changes = [f"{key} {value!r}" for key, value in (record.get("set") or {}).items()]
-        return ", ".join(changes + [f"{key} x{factor:g}" for key, factor in (record.get("scale") or {}).items()])
+        source = [f"config {record['config']}/{self.pair}.yaml"] if record.get("config") else []
+        return ", ".join(source + [f"{key} {value!r}" for key, value in (record.get("set") or {}).items()])
 
     def by_seed(self, key: str) -> dict:
         return {run.seed: run.summary[key] for run in self.runs}

@@ -71,8 +71,15 @@ def host_root(explicit: str | os.PathLike | None = None) -> Path:
     return root
 
 
-def source_config(method: str, pair: Pair, host: Path) -> Path:
-    """The config file a run of ``method`` on ``pair`` starts from."""
+def source_config(method: str, pair: Pair, host: Path, folder: str | None = None) -> Path:
+    """The config file a run of ``method`` on ``pair`` starts from; ``folder`` (a variant's
+    ``config``): slkd's per-pair configs in ``mdistiller_configs/cifar100/<folder>/`` instead."""
+    if folder:
+        path = slkd_configs() / folder / f"{pair.name}.yaml"
+        if not path.is_file():
+            shipped = sorted(p.stem for p in path.parent.glob("*.yaml"))
+            raise BenchError(f"no {folder} config for {pair.name} (its settings are per pair); pairs with one: {', '.join(shipped) or 'none'}")
+        return path
     if method in ("MLKD", "SLD"):
         return slkd_configs() / method.lower() / f"{pair.name}.yaml"
     if method == "DKD":

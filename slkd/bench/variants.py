@@ -4,7 +4,8 @@ A name given to ``slkd-bench run --methods`` is one of
 
 - a method (``KD``, ``DKD``, ``CRD``, ``MLKD``, ``SLD``): its own config, no override;
 - a variant of the YAML file (``DKD+swap``, ``KD+LS``, ``SLD-ts``, ...): its method with
-  ``set`` (values) and ``scale`` (factors on the config's value) overrides;
+  ``set`` overrides, starting from the method's config or, with ``config: FOLDER``, from
+  slkd's per-pair ``mdistiller_configs/cifar100/FOLDER/<pair>.yaml``;
 - either of these with ``@1view`` or ``@2views``: ``PROTOCOL.VIEWS`` 1 or 2 added, for the
   logit methods (KD, DKD, MLKD, SLD; MLKD only at two views).
 
@@ -38,18 +39,19 @@ VIEW_NAMES = {1: "1view", 2: "2views"}
 
 @dataclass(frozen=True)
 class Variant:
-    """``method`` run with ``overrides`` (``(KEY, value)``) and ``scales`` (``(KEY, factor)``),
-    under ``name``; ``about`` says what it tests."""
+    """``method`` run with ``overrides`` (``(KEY, value)``) under ``name``, from slkd's per-pair
+    configs in ``config`` (a folder of ``mdistiller_configs/cifar100``; None: the method's
+    own config); ``about`` says what it tests."""
 
     name: str
     method: str
     overrides: tuple = ()
-    scales: tuple = ()
+    config: str | None = None
     about: str = ""
 
     def describe(self) -> str:
         """``DKD+swap: DKD with LOGITS.TEACHER_SWAP True`` (the method alone: ``KD``)."""
-        changes = [f"{key} {value!r}" for key, value in self.overrides] + [f"{key} x{factor:g}" for key, factor in self.scales]
+        changes = ([f"the {self.config}/<pair>.yaml config"] if self.config else []) + [f"{key} {value!r}" for key, value in self.overrides]
         return f"{self.name}: {self.method} with {', '.join(changes)}" if changes else self.name
 
     def at_views(self, views: int) -> "Variant":
@@ -59,12 +61,12 @@ class Variant:
         if self.method in TWO_VIEW_ONLY and views == 1:
             raise BenchError(f"{self.name}@1view: {self.method} is two-view by construction (its losses compare the two views); drop it or use @2views")
         kept = tuple((key, value) for key, value in self.overrides if key != "PROTOCOL.VIEWS")
-        return Variant(f"{self.name}@{VIEW_NAMES[views]}", self.method, kept + (("PROTOCOL.VIEWS", views),), self.scales, self.about)
+        return Variant(f"{self.name}@{VIEW_NAMES[views]}", self.method, kept + (("PROTOCOL.VIEWS", views),), self.config, self.about)
 
 
 def write_variant(path: Path, variant: Variant) -> None:
     """Record ``variant`` in a run folder, for the report's label."""
-    record = {"name": variant.name, "method": variant.method, "set": dict(variant.overrides), "scale": dict(variant.scales), "about": variant.about}
+    record = {"name": variant.name, "method": variant.method, "config": variant.config, "set": dict(variant.overrides), "about": variant.about}
     Path(path).write_text(json.dumps(record, indent=2) + "\n")
 
 
@@ -89,8 +91,7 @@ def catalogue(path: Path = FILE) -> tuple[dict, dict]:
         if method not in METHODS or name in variants or VIEWS_SUFFIX.match(name):
             raise BenchError(f"{path}: variant {name!r} needs a method from {', '.join(METHODS)} and a new name without @")
         overrides = tuple((key, _as_list(value)) for key, value in (entry.get("set") or {}).items())
-        scales = tuple((key, float(factor)) for key, factor in (entry.get("scale") or {}).items())
-        variants[name] = Variant(name, method, overrides, scales, entry.get("about", ""))
+        variants[name] = Variant(name, method, overrides, entry.get("config"), entry.get("about", ""))
     ablations = {name: list(names) for name, names in (data.get("ablations") or {}).items()}
     for ablation, names in ablations.items():
         for name in names:
