@@ -51,7 +51,7 @@ def parse_args(argv=None):
     run.add_argument("--fast", action="store_true", help="SLKD.FAST True for every run (CUDA graphs, fused loss, bf16 unless --amp, channels-last, device views; GPU)")
     run.add_argument("--smoke", action="store_true", help="slkd-train --smoke for every run: synthetic data, random teachers, 2 short epochs")
     run.add_argument("--synthetic", type=int, default=None, metavar="N", help="slkd-train --synthetic N for every run: the configs as they are on N synthetic images with random teachers (timing without the data)")
-    run.add_argument("--mdistiller-root", default=None, help="mdistiller checkout (default: $SLKD_MDISTILLER_PATH, else the installed one)")
+    run.add_argument("--mdistiller-root", default=None, help="mdistiller checkout (default: $SLKD_MDISTILLER_PATH, else ./mdistiller, else the installed one)")
     run.add_argument("--dry-run", action="store_true", help="print what each run would do, and run nothing")
 
     report = commands.add_parser("report", help="tables and figures from the run folders")

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import yaml
 
-from slkd.errors import BenchError
+from slkd.errors import BenchError, ConfigError
 from slkd.host.checkout import CheckoutNotFound, find_checkout
+from slkd.shipped import configs_folder
 
 METHODS = ("KD", "DKD", "CRD", "MLKD", "SLD")
 
@@ -32,14 +33,12 @@ class Pair:
 
 
 def slkd_configs() -> Path:
-    """slkd's ``mdistiller_configs/cifar100`` folder (in the source checkout)."""
-    folder = Path(__file__).resolve().parents[2] / "mdistiller_configs" / "cifar100"
-    if not (folder / "sld").is_dir():
-        raise BenchError(
-            f"slkd's configs are not at {folder}: slkd-bench needs a source checkout of slkd "
-            "(git clone ... && pip install -e .)"
-        )
-    return folder
+    """slkd's shipped ``mdistiller_configs/cifar100`` folder (a checkout's, or the installed
+    package's: :func:`slkd.shipped.configs_folder`)."""
+    try:
+        return configs_folder() / "cifar100"
+    except ConfigError as error:
+        raise BenchError(str(error)) from None
 
 
 def known_pairs() -> dict[str, Pair]:

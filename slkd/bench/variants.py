@@ -26,10 +26,11 @@ from pathlib import Path
 import yaml
 
 from slkd.bench.sources import METHODS
-from slkd.errors import BenchError
+from slkd.errors import BenchError, ConfigError
+from slkd.shipped import configs_folder
 
 VARIANT_NAME = "variant.json"  # a run folder's variant: name, method, overrides
-FILE = Path(__file__).resolve().parents[2] / "mdistiller_configs" / "variants.yaml"
+FILE_NAME = "variants.yaml"  # in slkd's shipped configs (slkd.shipped.configs_folder)
 LOGIT_METHODS = ("KD", "DKD", "MLKD", "SLD")
 NATIVE_VIEWS = {"KD": 1, "DKD": 1, "CRD": 1, "MLKD": 2, "SLD": 2}  # each method's own protocol
 TWO_VIEW_ONLY = ("MLKD",)  # two views by construction: no @1view
@@ -78,13 +79,23 @@ def read_variant(folder: Path) -> dict:
         return {}
 
 
+def variants_file() -> Path:
+    """The shipped ``variants.yaml`` (a checkout's ``mdistiller_configs/``, or the wheel's copy)."""
+    try:
+        return configs_folder() / FILE_NAME
+    except ConfigError as error:
+        raise BenchError(str(error)) from None
+
+
 @functools.lru_cache(maxsize=None)
-def catalogue(path: Path = FILE) -> tuple[dict, dict]:
-    """``({name: Variant}, {ablation: [names]})`` from the YAML file, methods included."""
+def catalogue(path: Path | None = None) -> tuple[dict, dict]:
+    """``({name: Variant}, {ablation: [names]})`` from the YAML file (default: the shipped one),
+    methods included."""
+    path = variants_file() if path is None else path
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except OSError:
-        raise BenchError(f"the variants file {path} is missing: slkd-bench needs a source checkout of slkd") from None
+        raise BenchError(f"the variants file {path} is missing: reinstall slkd (pip install -e . in a checkout)") from None
     variants = {method: Variant(method, method, about="the method's own config") for method in METHODS}
     for name, entry in (data.get("variants") or {}).items():
         method = entry.get("method")
@@ -123,8 +134,8 @@ def resolve(name: str, variants: dict | None = None) -> Variant:
     if key is None:
         close = difflib.get_close_matches(name, names(variants), n=4, cutoff=0.6)
         if close:
-            raise BenchError(f"unknown method or variant {name!r}: did you mean {', '.join(close)}? (all are in {FILE})")
-        raise BenchError(f"unknown method or variant {name!r}; known: {', '.join(variants)}, each also as NAME@1view, NAME@2views ({FILE})")
+            raise BenchError(f"unknown method or variant {name!r}: did you mean {', '.join(close)}? (all are in {variants_file()})")
+        raise BenchError(f"unknown method or variant {name!r}; known: {', '.join(variants)}, each also as NAME@1view, NAME@2views ({variants_file()})")
     variant = variants[key]
     return variant.at_views(int(suffix.group("views"))) if suffix else variant
 

@@ -50,7 +50,10 @@ CALIBRATION_IMAGES = 256
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser("slkd-train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cfg", type=str, default="", help="mdistiller-style YAML config")
+    parser.add_argument(
+        "--cfg", type=str, default="",
+        help="mdistiller-style YAML config: a file, else a name among slkd's shipped configs (e.g. cifar100/sld/res32x4_res8x4.yaml)",
+    )
     parser.add_argument("--resume", action="store_true", help="continue the run from its last complete epoch")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     parser.add_argument("--smoke", action="store_true", help="a few iterations on synthetic data, random teacher")
@@ -84,8 +87,9 @@ def _check_no_flag_in_overrides(opts) -> None:
 def build_config(args, host_cfg):
     """The merged, validated config for ``args``."""
     from slkd.host.config import load_config, validate_run_options, validate_sld, validate_trainer
+    from slkd.shipped import resolve_config
 
-    cfg = load_config(host_cfg, args.cfg or None, list(args.opts))
+    cfg = load_config(host_cfg, resolve_config(args.cfg) if args.cfg else None, list(args.opts))
     if args.seed is not None:
         cfg.SLKD.SEED = args.seed
     if args.deterministic:
