@@ -79,7 +79,7 @@ def cases(rows: int, classes: int, device: torch.device) -> dict:
     def as_sld_calls_it(loss):
         def run():  # slkd.host.distillers.SLD: per-view means summed, both terms
             sld_terms = loss.terms(student, teacher, target, EPOCH_ON)
-            total = sld_terms.teacher_swap.sum() / half + sld_terms.student_swap.sum() / half
+            total = sld_terms.teacher_swap_loss.sum() / half + sld_terms.student_swap_loss.sum() / half
             return torch.autograd.grad(total, student)
 
         return run

@@ -374,7 +374,7 @@ class SlkdLoss:
 
     def __call__(self, zw, zs, tw, ts, y, epoch):
         terms = self.criterion.terms(torch.cat((zw, zs)), torch.cat((tw, ts)), y.repeat(2), epoch)
-        return (terms.teacher_swap.sum() + terms.student_swap.sum()) / y.shape[0]
+        return (terms.teacher_swap_loss.sum() + terms.student_swap_loss.sum()) / y.shape[0]
 
 
 class ReleasedModuleLoss:

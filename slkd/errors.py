@@ -18,6 +18,7 @@ __all__ = [
     "FetchError",
     "HostNotFound",
     "KNOWN_ERRORS",
+    "LossInputError",
     "ModelError",
     "NonFiniteLoss",
     "RegistrationConflict",
@@ -88,6 +89,13 @@ class CheckoutNotFound(RuntimeError):
         self.origin = origin
 
 
+class LossInputError(ValueError, TypeError):
+    """Bad input to a loss function (:mod:`slkd.losses`); the message names the argument and
+    what to pass. Both a ValueError and a TypeError, so code that caught either before the
+    losses shared their checks still does. Not in ``KNOWN_ERRORS``: the commands validate the
+    config first, so a command that reaches it has a bug worth its traceback."""
+
+
 KNOWN_ERRORS = (
     ConfigError,
     DatasetMissing,
@@ -102,4 +110,4 @@ KNOWN_ERRORS = (
     BenchError,
     CheckoutNotFound,
 )
-"""Every class above: what a command prints as one line."""
+"""What a command prints as one line (every class above but :class:`LossInputError`)."""

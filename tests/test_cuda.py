@@ -66,7 +66,7 @@ def test_cuda_graph_training_equals_eager_training(tmp_path, amp, monkeypatch):
     from tests.helpers import tiny
 
     # SLD's kind of key (epochs 3 and 4 share one), so that the small batch gets its graph
-    monkeypatch.setattr(tiny.TinyDistiller, "graph_key", lambda self, epoch: self.criterion.pseudo_teacher_on(epoch), raising=False)
+    monkeypatch.setattr(tiny.TinyDistiller, "graph_key", lambda self, epoch: self.criterion.student_swap_on(epoch), raising=False)
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)  # no atomics: runs comparable
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
 

@@ -34,4 +34,4 @@ def test_every_error_is_defined_in_the_errors_module_and_known():
         assert getattr(importlib.import_module(module), name) is cls  # the raising module's name
         assert cls in errors.KNOWN_ERRORS
     assert errors.UsageError in errors.KNOWN_ERRORS
-    assert set(errors.__all__) == set(RAISED_FROM) | {"UsageError", "KNOWN_ERRORS"}
+    assert set(errors.__all__) == set(RAISED_FROM) | {"UsageError", "KNOWN_ERRORS", "LossInputError"}

@@ -1,15 +1,19 @@
 """Generated input for the config loader and the loss entry points: nothing but the
-documented errors (ConfigError; ValueError/TypeError from the loss) ever comes out."""
+documented errors ever come out: ConfigError from the config, and from the loss
+LossInputError exactly when the input is invalid, a finite value otherwise."""
 
 import math
 import warnings
 
+import pytest
 import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from slkd.host.config import ConfigError, load_config, validate_run_options, validate_sld
+from slkd.errors import LossInputError
+from slkd.losses.checks import MAX_TEMPERATURE, MIN_TEMPERATURE
 from slkd.losses.sld import SLDLoss, sld_loss, swap_logits
 from tests.helpers.tiny import tiny_cfg
 
@@ -70,39 +74,55 @@ def test_command_line_overrides_give_a_config_or_a_config_error(opts):
         pass
 
 
+temperature_lists = st.lists(
+    st.one_of(st.floats(MIN_TEMPERATURE, MAX_TEMPERATURE), st.floats(allow_nan=True, allow_infinity=True)), max_size=4
+)
+
+
+def _valid_temperatures(temperatures) -> bool:
+    return bool(temperatures) and all(MIN_TEMPERATURE <= t <= MAX_TEMPERATURE for t in temperatures)
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     rows=st.integers(0, 5), classes=st.integers(0, 6), target_shift=st.integers(-2, 8),
     dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.int64]),
-    temperatures=st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=4),
+    temperatures=temperature_lists,
     epoch=st.integers(-5, 400), scale=st.floats(0, 1e4),
     detach=st.booleans(), teacher_swap=st.booleans(),
 )
-def test_loss_gives_a_finite_value_or_a_documented_error(rows, classes, target_shift, dtype, temperatures, epoch, scale, detach, teacher_swap):
+def test_loss_errs_exactly_on_invalid_input_and_is_finite_otherwise(rows, classes, target_shift, dtype, temperatures, epoch, scale, detach, teacher_swap):
     generator = torch.Generator().manual_seed(rows * 31 + classes)
     student = (torch.randn(rows, classes, generator=generator, dtype=torch.float64) * scale).to(dtype)
     teacher = (torch.randn(rows, classes, generator=generator, dtype=torch.float64) * scale).to(dtype)
     target = (torch.arange(rows) + target_shift) % max(classes + 2, 1) - (1 if target_shift < 0 else 0)
-    try:
-        loss = sld_loss(student, teacher, target, epoch, temperatures=temperatures, gamma=150,
+    valid = (
+        rows > 0 and classes > 0 and dtype.is_floating_point
+        and all(0 <= t < classes for t in target.tolist()) and _valid_temperatures(temperatures)
+    )
+
+    def loss():
+        return sld_loss(student, teacher, target, epoch, temperatures=temperatures, gamma=150,
                         detach_pseudo_teacher=detach, teacher_swap=teacher_swap)
-    except (ValueError, TypeError):
+
+    if not valid:
+        with pytest.raises(LossInputError):
+            loss()
         return
-    assert loss.dim() == 0
-    valid = rows > 0 and classes > 0 and all(0 <= t < classes for t in target.tolist())
-    assert valid and temperatures and all(0 < t < math.inf for t in temperatures)
-    assert math.isfinite(float(loss)) and float(loss) >= -1e-3
+    value = loss()
+    assert value.dim() == 0
+    assert math.isfinite(float(value)) and float(value) >= -1e-3
 
 
 @settings(max_examples=60, deadline=None)
-@given(temperatures=st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=4), gamma=st.integers(-3, 300))
-def test_loss_module_rejects_bad_temperatures_at_construction(temperatures, gamma):
-    try:
-        module = SLDLoss(temperatures=temperatures, gamma=gamma)
-    except ValueError as error:
-        assert "temperatures" in str(error)
+@given(temperatures=temperature_lists, gamma=st.integers(-3, 300))
+def test_loss_module_refuses_exactly_the_bad_temperatures_at_construction(temperatures, gamma):
+    if not _valid_temperatures(temperatures):
+        with pytest.raises(LossInputError, match="temperatures"):
+            SLDLoss(temperatures=temperatures, gamma=gamma)
         return
-    assert module.temperatures.numel() == len(temperatures)
+    module = SLDLoss(temperatures=temperatures, gamma=gamma)
+    assert module.temperatures.tolist() == list(temperatures)
 
 
 @settings(max_examples=60, deadline=None)

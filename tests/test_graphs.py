@@ -101,7 +101,7 @@ def test_training_with_step_graphs_equals_eager_training(tmp_path, keyed, amp, m
     from tests.helpers import tiny
 
     if keyed:
-        monkeypatch.setattr(tiny.TinyDistiller, "graph_key", lambda self, epoch: self.criterion.pseudo_teacher_on(epoch), raising=False)
+        monkeypatch.setattr(tiny.TinyDistiller, "graph_key", lambda self, epoch: self.criterion.student_swap_on(epoch), raising=False)
     runs = {}
     for name in ("eager", "graphs"):
         cfg = tiny_cfg(tmp_path / name, epochs=4, batch=5)

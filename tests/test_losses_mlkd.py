@@ -391,15 +391,15 @@ def _good():
 @pytest.mark.parametrize(
     "index,bad,match",
     [
-        (0, torch.zeros(4), "student_weak must be 2-D"),
-        (2, torch.zeros(4, 3, 1), "teacher_weak must be 2-D"),
+        (0, torch.zeros(4), "student_weak must be 2-d"),
+        (2, torch.zeros(4, 3, 1), "teacher_weak must be 2-d"),
         (1, torch.zeros(4, 5, dtype=torch.float64), "student_strong has shape"),
         (3, torch.zeros(5, 3, dtype=torch.float64), "teacher_strong has shape"),
-        (0, torch.zeros(4, 3, dtype=torch.long), "floating-point"),
-        (4, torch.zeros(4, 1, dtype=torch.long), "target must be a 1-D"),
-        (4, torch.zeros(4), "torch.long"),
-        (4, torch.zeros(4, dtype=torch.int32), "torch.long"),
-        (4, torch.zeros(3, dtype=torch.long), "target has length 3"),
+        (0, torch.zeros(4, 3, dtype=torch.long), "floating tensor"),
+        (4, torch.zeros(4, 1, dtype=torch.long), "target must be 1-d"),
+        (4, torch.zeros(4), "integer class labels"),
+        (4, torch.tensor([0, 1, 2, 3]), r"labels must lie in \[0, 2\]"),
+        (4, torch.zeros(3, dtype=torch.long), r"one label per row: student_weak \(4, 3\), target \(3,\)"),
         (0, [[0.0]], "must be a torch.Tensor"),
     ],
 )
@@ -412,7 +412,7 @@ def test_input_validation(index, bad, match):
 
 def test_empty_batch_is_rejected():
     z = torch.zeros(0, 3)
-    with pytest.raises(ValueError, match="at least one sample"):
+    with pytest.raises(ValueError, match="at least one row and one class"):
         mlkd_losses(z, z, z, z, torch.zeros(0, dtype=torch.long))
 
 
@@ -427,7 +427,7 @@ def test_extra_temperatures_checked():
         mlkd_losses(*_good(), extra_temperatures=(3.0, 5.0, -2.0, 6.0))
     with pytest.raises(ValueError, match="exactly four"):
         mlkd_losses(*_good(), extra_temperatures=(3.0, 5.0, 2.0))
-    with pytest.raises(ValueError, match="sequence of four"):
+    with pytest.raises(ValueError, match="exactly four"):
         mlkd_losses(*_good(), extra_temperatures=3.0)
 
 

@@ -315,7 +315,7 @@ def test_sld_loss_with_ties_matches_reference(epoch, detach):
     assert terms.teacher_swap_rate.item() == 1.0  # ties: argmax is the first index
     assert terms.student_swap_rate.item() == 0.75
     if epoch > GAMMA:
-        assert terms.student_swap[1].item() == 0.0  # label tied with the max: L_SS = 0
+        assert terms.student_swap_loss[1].item() == 0.0  # label tied with the max: L_SS = 0
 
 
 @pytest.mark.parametrize("temperatures", TEMPERATURE_SETS)
@@ -392,7 +392,7 @@ def test_student_swap_false_never_adds_l_ss(shape):
             torch.testing.assert_close(value, ref_value, rtol=1e-10, atol=1e-12)
             torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
     terms = SLDLoss(student_swap=False).terms(z, t, y, 10_000)
-    assert torch.equal(terms.student_swap, torch.zeros_like(terms.student_swap))
+    assert torch.equal(terms.student_swap_loss, torch.zeros_like(terms.student_swap_loss))
 
 
 # --------------------------------------------------------------------------- #
@@ -460,9 +460,9 @@ def test_gradcheck_float64(epoch, teacher_swap, temperatures):
     def per_row(student):
         terms = sld_terms(
             student, t, y, torch.tensor(temperatures, dtype=torch.float64),
-            teacher_swap=teacher_swap, pseudo_teacher=epoch > GAMMA,
+            teacher_swap=teacher_swap, student_swap=epoch > GAMMA,
         )
-        return terms.teacher_swap, terms.student_swap
+        return terms.teacher_swap_loss, terms.student_swap_loss
 
     assert torch.autograd.gradcheck(per_row, (z,), **check)
 
@@ -509,8 +509,8 @@ def test_autocast_bfloat16(epoch, detach):
         loss = sld_loss(z, t, y, epoch, detach_pseudo_teacher=detach)
         terms = SLDLoss(detach_pseudo_teacher=detach).terms(z, t, y, epoch)
     assert loss.dtype == torch.float32
-    assert terms.teacher_swap.dtype == torch.float32
-    assert terms.student_swap.dtype == torch.float32
+    assert terms.teacher_swap_loss.dtype == torch.float32
+    assert terms.student_swap_loss.dtype == torch.float32
     (grad,) = torch.autograd.grad(loss, z)
     assert grad.dtype == torch.bfloat16
 
@@ -567,7 +567,7 @@ def test_all_rows_already_right():
     torch.testing.assert_close(value, ref_value, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
     terms = SLDLoss().terms(z, t, y, EPOCH_ON)
-    assert torch.equal(terms.student_swap, torch.zeros(8, dtype=torch.float64))
+    assert torch.equal(terms.student_swap_loss, torch.zeros(8, dtype=torch.float64))
     assert terms.teacher_swap_rate.item() == 0.0 and terms.student_swap_rate.item() == 0.0
 
 
@@ -620,7 +620,7 @@ def test_module_matches_function(temperatures, flags):
         b = sld_loss(zf, t, y, epoch, temperatures=temperatures, gamma=10, **flags)
         assert torch.equal(a, b)
         assert torch.equal(torch.autograd.grad(a, zm)[0], torch.autograd.grad(b, zf)[0])
-        assert module.pseudo_teacher_on(epoch) == (
+        assert module.student_swap_on(epoch) == (
             flags.get("student_swap", True) and epoch > 10
         )
 
@@ -660,14 +660,14 @@ def test_module_terms(dtype, epoch):
     module = SLDLoss(temperatures=(1.0, 4.0), gamma=GAMMA)
     terms = module.terms(z, t, y, epoch)
     n = z.shape[0]
-    assert terms.teacher_swap.shape == (n,) and terms.student_swap.shape == (n,)
+    assert terms.teacher_swap_loss.shape == (n,) and terms.student_swap_loss.shape == (n,)
     assert terms.teacher_swap_rate.dim() == 0 and terms.student_swap_rate.dim() == 0
-    torch.testing.assert_close((terms.teacher_swap + terms.student_swap).mean(),
+    torch.testing.assert_close((terms.teacher_swap_loss + terms.student_swap_loss).mean(),
                                module(z, t, y, epoch), rtol=1e-12, atol=0)
     ts_ref, ss_ref = ref_rows(z.double(), t.double(), y, (1.0, 4.0), pseudo=epoch > GAMMA)
     tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(terms.teacher_swap.double(), torch.stack(ts_ref), **tol)
-    torch.testing.assert_close(terms.student_swap.double(), torch.stack(ss_ref), **tol)
+    torch.testing.assert_close(terms.teacher_swap_loss.double(), torch.stack(ts_ref), **tol)
+    torch.testing.assert_close(terms.student_swap_loss.double(), torch.stack(ss_ref), **tol)
     teacher_wrong = sum(ref_first_argmax(t[i].tolist()) != int(y[i]) for i in range(n))
     student_wrong = sum(ref_first_argmax(z[i].tolist()) != int(y[i]) for i in range(n))
     assert 0 < teacher_wrong < n and 0 < student_wrong < n
@@ -700,9 +700,9 @@ def test_error_logits_not_two_dimensional():
 
 def test_error_teacher_student_shape_mismatch():
     z, t, y = _ok()
-    with pytest.raises(ValueError, match="teacher logits have shape"):
+    with pytest.raises(ValueError, match=r"teacher_logits has shape \(4, 4\) but student_logits has \(4, 5\)"):
         sld_loss(z, t[:, :4], y, EPOCH_ON)
-    with pytest.raises(ValueError, match="same classes"):
+    with pytest.raises(ValueError, match="same rows and the same classes"):
         SLDLoss()(z, t[:3], y, EPOCH_ON)
 
 
@@ -738,9 +738,9 @@ def test_error_labels_out_of_range():
     [
         ((), "temperatures is empty"),
         ([], "temperatures is empty"),
-        ((1.0, 0.0), "temperatures must be"),
-        ((-2.0,), "temperatures must be"),
-        ((4.0, float("inf")), "temperatures must be"),
+        ((1.0, 0.0), r"temperatures\[1\] is 0.0: temperatures must be positive numbers in \[0.0001, 10000\]"),
+        ((-2.0,), "temperatures is -2.0: temperatures must be positive"),
+        ((4.0, float("inf")), r"temperatures\[1\] is inf: temperatures must be"),
         ((float("nan"),), "temperatures must be"),
         ((float("-inf"),), "temperatures must be"),
     ],

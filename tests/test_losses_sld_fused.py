@@ -105,8 +105,8 @@ def test_fused_gradcheck(epoch):
     temperatures = temperature_tensor((1.0, 3.0), torch.float64)
 
     def per_row(student):
-        terms = sld_terms(student, t, y, temperatures, pseudo_teacher=epoch > GAMMA, fused=True)
-        return terms.teacher_swap, terms.student_swap
+        terms = sld_terms(student, t, y, temperatures, student_swap=epoch > GAMMA, fused=True)
+        return terms.teacher_swap_loss, terms.student_swap_loss
 
     assert torch.autograd.gradcheck(per_row, (z,), eps=1e-6, atol=1e-8, rtol=1e-6)
 
@@ -121,17 +121,17 @@ def test_fused_terms_and_rates_equal_eager(dtype):
     eager = sld_terms(z, t, y, temperatures)
     fast = sld_terms(z, t, y, temperatures, fused=True)
     tolerance = {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-6}
-    torch.testing.assert_close(fast.teacher_swap, eager.teacher_swap, **tolerance)
-    torch.testing.assert_close(fast.student_swap, eager.student_swap, **tolerance)
+    torch.testing.assert_close(fast.teacher_swap_loss, eager.teacher_swap_loss, **tolerance)
+    torch.testing.assert_close(fast.student_swap_loss, eager.student_swap_loss, **tolerance)
     assert fast.teacher_swap_rate.item() == eager.teacher_swap_rate.item()
     assert fast.student_swap_rate.item() == eager.student_swap_rate.item()
-    assert fast.teacher_swap.dtype == dtype and fast.teacher_swap_rate.dtype == dtype
+    assert fast.teacher_swap_loss.dtype == dtype and fast.teacher_swap_rate.dtype == dtype
 
 
 def test_fused_gradient_of_one_term_alone():
     z, t, y = on_device(*make_batch(12, 8, seed=24))
     temperatures = temperature_tensor((1.0, 2.0), torch.float64)
-    for pick in ("teacher_swap", "student_swap"):
+    for pick in ("teacher_swap_loss", "student_swap_loss"):
         grads = []
         for use_fused in (False, True):
             student = z.clone().requires_grad_(True)
@@ -268,3 +268,17 @@ def test_fused_kernels_compile_for_nvidia_gpus(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "compiled 288 kernel variants to cubin for sm_80, sm_90, spills within bounds" in result.stdout
+
+
+@pytest.mark.parametrize("epoch", [EPOCH_OFF, EPOCH_ON])
+def test_fused_minus_inf_teacher_logit_matches_kl_div(epoch):
+    """A teacher logit of -inf adds 0 (0 log 0 = 0, as the released kl_div): finite value
+    and gradient, equal to the kl_div reference and to the eager loss."""
+    from tests.test_losses_checks import kl_div_reference, teacher_with_minus_inf
+
+    z, t, y = teacher_with_minus_inf(seed=70)
+    temperatures = (1.0, 4.0)
+    value, grad = run(z, t, y, epoch, True, temperatures=temperatures)
+    ref_value, ref_grad = kl_div_reference(z, t, y, temperatures, pseudo=epoch > GAMMA)
+    torch.testing.assert_close(value, ref_value, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)

@@ -38,7 +38,7 @@ import yaml
 from yacs.config import CfgNode as CN
 
 from slkd.errors import ConfigError
-from slkd.losses.sld import temperature_tensor
+from slkd.losses.checks import temperature_values
 
 SLD_DEFAULTS = {
     "CE_WEIGHT": 0.1,
@@ -121,9 +121,9 @@ def validate_sld(cfg: CN) -> None:
     """Raise :class:`ConfigError` for an SLD node that cannot run; warn on a useless one."""
     node = cfg.SLD
     try:
-        temperature_tensor(node.TEMPERATURES)
+        temperature_values(node.TEMPERATURES)
     except ValueError as error:
-        raise ConfigError(f"SLD.TEMPERATURES: {error}") from None
+        raise ConfigError(f"SLD.TEMPERATURES {list(node.TEMPERATURES)}: {error}") from None
     for key in ("CE_WEIGHT", "KD_WEIGHT"):
         if not (math.isfinite(node[key]) and node[key] >= 0):
             raise ConfigError(f"SLD.{key} is {node[key]}: loss weights must be finite and not negative")

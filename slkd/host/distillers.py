@@ -59,7 +59,7 @@ class SLD(Distiller):
 
     def graph_key(self, epoch: int) -> bool:
         """What of ``epoch`` the step depends on (for ``SLKD.CUDA_GRAPHS``): whether ``L_SS`` is on."""
-        return self.criterion.pseudo_teacher_on(epoch)
+        return self.criterion.student_swap_on(epoch)
 
     def forward_train(self, image_weak=None, image_strong=None, target=None, **kwargs):
         epoch = _required_epoch(kwargs, "SLD")
@@ -72,8 +72,8 @@ class SLD(Distiller):
         loss_ce = self.ce_weight * len(views) * F.cross_entropy(student_rows, targets)
         terms = self.criterion.terms(student_rows, teacher_logits(self.teacher, views), targets, epoch)
         # sum over all rows of both views / batch = sum over views of the per-view mean
-        teacher_term = terms.teacher_swap.sum() / batch
-        student_term = terms.student_swap.sum() / batch
+        teacher_term = terms.teacher_swap_loss.sum() / batch
+        student_term = terms.student_swap_loss.sum() / batch
         loss_kd = self.kd_weight * (teacher_term + student_term)
         self.step_stats = {
             "sld_teacher_term": teacher_term.detach(),

@@ -13,16 +13,12 @@ import torch
 _CACHE: dict = {}
 
 
-def constant(values: tuple, dtype: torch.dtype, device: torch.device, check=None) -> torch.Tensor:
+def constant(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """``torch.tensor(values, dtype=dtype, device=device)``, made once and then reused;
-    callers must not modify it. ``check(values)``, when given, runs (and may raise) before the
-    tensor is first made."""
-    # True is not 1.0, and values one caller's check accepted are not another's
-    key = (check, tuple((type(v), v) for v in values), dtype, str(torch.device(device)))
+    callers must not modify it (nor pass values they have not checked)."""
+    key = (tuple((type(v), v) for v in values), dtype, str(torch.device(device)))  # True is not 1.0
     tensor = _CACHE.get(key)
     if tensor is None:
-        if check is not None:
-            check(values)
         with torch.inference_mode(False):  # also usable by calls that need gradients later
             tensor = _CACHE[key] = torch.tensor([float(v) for v in values], dtype=dtype).to(device)
     return tensor

@@ -86,14 +86,21 @@ Differences of implementation (not of value)
 
 from __future__ import annotations
 
-import math
-from numbers import Real
 from typing import Dict, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from slkd.errors import LossInputError
+from slkd.losses.checks import (
+    check_logits,
+    check_same_device,
+    check_same_shape,
+    check_target,
+    check_weight,
+    temperature_values,
+)
 from slkd.losses.constants import constant
 
 __all__ = [
@@ -167,24 +174,12 @@ def _prepare_pair(
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Validate a (student, teacher) pair, cast both to the compute dtype, detach
     the teacher, and turn ``temperatures`` into a ``(K,)`` tensor."""
-    for name, logits in (("student", student), ("teacher", teacher)):
-        if not isinstance(logits, Tensor) or logits.dim() != 2 or not logits.is_floating_point():
-            raise ValueError(f"{name} must be 2-D floating-point logits of shape (batch, classes)")
-    if student.shape != teacher.shape:
-        raise ValueError(
-            f"student shape {tuple(student.shape)} != teacher shape {tuple(teacher.shape)}"
-        )
+    check_logits("student", student)
+    check_logits("teacher", teacher)
+    check_same_shape("teacher", teacher, "student", student)
+    check_same_device("student", student, teacher=teacher)
     dtype = _compute_dtype(student, teacher)
-    if isinstance(temperatures, Tensor):
-        values = [float(v) for v in temperatures.detach().reshape(-1).tolist()]
-    elif isinstance(temperatures, Real):
-        values = [temperatures]
-    else:
-        values = list(temperatures)
-    if not values:
-        raise ValueError("temperatures must be non-empty")
-    values = [_check_temperature(f"temperatures[{i}]", v) for i, v in enumerate(values)]
-    temps = constant(tuple(values), dtype, student.device)
+    temps = constant(temperature_values(temperatures), dtype, student.device)
     return student.to(dtype), teacher.detach().to(dtype), temps
 
 
@@ -196,11 +191,11 @@ def _scaled(logits: Tensor, temps: Tensor) -> Tensor:
 def _kd_from_log_probs(log_p_student: Tensor, log_p_teacher: Tensor, temps: Tensor) -> Tensor:
     """``(K, B, C)`` log-probabilities -> ``(K,)`` of ``T^2 * mean_b KL(teacher || student)``.
 
-    ``KL = sum_c p_t (log p_t - log p_s)``; a teacher probability that
-    underflows to 0 contributes 0 (as ``F.kl_div`` does).
+    ``KL = sum_c p_t (log p_t - log p_s)``; a teacher probability of 0 (a logit
+    of ``-inf``, or an underflow) contributes 0 (``0 log 0 = 0``, as ``F.kl_div`` does).
     """
     p_teacher = log_p_teacher.exp()
-    kl = (p_teacher * (log_p_teacher - log_p_student)).sum(dim=-1)  # (K, B)
+    kl = (p_teacher * (log_p_teacher - log_p_student)).masked_fill(p_teacher == 0, 0.0).sum(dim=-1)  # (K, B)
     return kl.mean(dim=-1) * temps.square()
 
 
@@ -223,10 +218,17 @@ def kd_term(student: Tensor, teacher: Tensor, temperatures: Sequence[float] | Te
     Args:
         student: ``(B, C)`` student logits (gradient flows).
         teacher: ``(B, C)`` teacher logits (detached).
-        temperatures: ``K`` positive temperatures (numbers; a tensor is read on the host).
+        temperatures: a number, a sequence, or a 1-d numpy array or tensor of ``K``
+            temperatures in ``[1e-4, 1e4]`` (read on the host).
 
     Returns:
-        ``(K,)`` tensor, float32 (float64 if an input is float64).
+    Example::
+
+        >>> import torch
+        >>> from slkd.losses import kd_term
+        >>> s, t = torch.tensor([[1.0, 3.0, 0.5], [0.0, 1.0, 2.0]]), torch.tensor([[0.5, 2.0, 1.0], [1.0, 0.0, 0.0]])
+        >>> kd_term(s, t, (1.0, 4.0))
+        tensor([0.4729, 0.4953])
     """
     student, teacher, temps = _prepare_pair(student, teacher, temperatures)
     with torch.autocast(device_type=student.device.type, enabled=False):
@@ -247,10 +249,17 @@ def class_consistency(
     Args:
         student: ``(B, C)`` student logits (gradient flows).
         teacher: ``(B, C)`` teacher logits (detached).
-        temperatures: ``K`` positive temperatures (numbers; a tensor is read on the host).
+        temperatures: a number, a sequence, or a 1-d numpy array or tensor of ``K``
+            temperatures in ``[1e-4, 1e4]`` (read on the host).
 
     Returns:
-        ``(K,)`` tensor, float32 (float64 if an input is float64).
+    Example::
+
+        >>> import torch
+        >>> from slkd.losses import class_consistency
+        >>> s, t = torch.tensor([[1.0, 3.0, 0.5], [0.0, 1.0, 2.0]]), torch.tensor([[0.5, 2.0, 1.0], [1.0, 0.0, 0.0]])
+        >>> class_consistency(s, t, 4.0)
+        tensor([0.0062])
     """
     return _consistency(student, teacher, temperatures, _class_gram, _cc_from_probs)
 
@@ -266,10 +275,17 @@ def batch_consistency(
     Args:
         student: ``(B, C)`` student logits (gradient flows).
         teacher: ``(B, C)`` teacher logits (detached).
-        temperatures: ``K`` positive temperatures (numbers; a tensor is read on the host).
+        temperatures: a number, a sequence, or a 1-d numpy array or tensor of ``K``
+            temperatures in ``[1e-4, 1e4]`` (read on the host).
 
     Returns:
-        ``(K,)`` tensor, float32 (float64 if an input is float64).
+    Example::
+
+        >>> import torch
+        >>> from slkd.losses import batch_consistency
+        >>> s, t = torch.tensor([[1.0, 3.0, 0.5], [0.0, 1.0, 2.0]]), torch.tensor([[0.5, 2.0, 1.0], [1.0, 0.0, 0.0]])
+        >>> batch_consistency(s, t, [4.0])
+        tensor([0.0002])
     """
     return _consistency(student, teacher, temperatures, _batch_gram, _bc_from_probs)
 
@@ -297,24 +313,6 @@ def _bc_from_probs(p_s: Tensor, h_t: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- #
 # validation
 # --------------------------------------------------------------------------- #
-def _check_temperature(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise ValueError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value <= 0.0:
-        raise ValueError(f"{name} must be a positive finite temperature, got {value!r}")
-    return value
-
-
-def _check_weight(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise ValueError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return value
-
-
 def _validate(
     student_weak: Tensor,
     student_strong: Tensor,
@@ -322,58 +320,19 @@ def _validate(
     teacher_strong: Tensor,
     target: Tensor,
 ) -> None:
-    named = (
-        ("student_weak", student_weak),
-        ("student_strong", student_strong),
-        ("teacher_weak", teacher_weak),
-        ("teacher_strong", teacher_strong),
-    )
-    for name, logits in named:
-        if not isinstance(logits, Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(logits).__name__}")
-        if logits.dim() != 2:
-            raise ValueError(
-                f"{name} must be 2-D logits of shape (batch, classes), "
-                f"got shape {tuple(logits.shape)}"
-            )
-        if not logits.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point tensor, got dtype {logits.dtype}")
-    shape = student_weak.shape
-    for name, logits in named[1:]:
-        if logits.shape != shape:
-            raise ValueError(
-                f"{name} has shape {tuple(logits.shape)} but student_weak has shape "
-                f"{tuple(shape)}; all four logit tensors must have the same shape"
-            )
-    batch_size, num_classes = shape
-    if batch_size < 1 or num_classes < 1:
-        raise ValueError(
-            f"logits must have at least one sample and one class, got shape {tuple(shape)}"
-        )
-    device = student_weak.device
-    for name, logits in named[1:]:
-        if logits.device != device:
-            raise ValueError(
-                f"{name} is on {logits.device} but student_weak is on {device}; "
-                "all inputs must be on the same device"
-            )
-    if not isinstance(target, Tensor):
-        raise ValueError(f"target must be a torch.Tensor, got {type(target).__name__}")
-    if target.dim() != 1:
-        raise ValueError(
-            f"target must be a 1-D tensor of class indices, got shape {tuple(target.shape)}"
-        )
-    if target.dtype != torch.long:
-        raise ValueError(f"target must have dtype torch.long (int64), got {target.dtype}")
-    if target.shape[0] != batch_size:
-        raise ValueError(
-            f"target has length {target.shape[0]} but the logits have batch size {batch_size}"
-        )
-    if target.device != device:
-        raise ValueError(
-            f"target is on {target.device} but student_weak is on {device}; "
-            "all inputs must be on the same device"
-        )
+    """The checks of :mod:`slkd.losses.checks`: four ``(B, C)`` floating logits of one shape
+    on one device, and ``(B,)`` integer labels in ``[0, C)``."""
+    named = {
+        "student_strong": student_strong,
+        "teacher_weak": teacher_weak,
+        "teacher_strong": teacher_strong,
+    }
+    check_logits("student_weak", student_weak)
+    for name, logits in named.items():
+        check_logits(name, logits)
+        check_same_shape(name, logits, "student_weak", student_weak)
+    check_same_device("student_weak", student_weak, **named)
+    check_target(target, student_weak, "student_weak")
 
 
 def _compute_dtype(*tensors: Tensor) -> torch.dtype:
@@ -407,7 +366,7 @@ def mlkd_losses(
         student_strong: ``(B, C)`` student logits on the strong view.
         teacher_weak: ``(B, C)`` teacher logits on the weak view (constant).
         teacher_strong: ``(B, C)`` teacher logits on the strong view (constant).
-        target: ``(B,)`` int64 labels.
+        target: ``(B,)`` integer labels (any integer dtype) in ``[0, C)``.
         base_temperature: ``T_base`` (``cfg.KD.TEMPERATURE``; 4 on CIFAR-100).
         extra_temperatures: the four further temperatures, in the released order
             ``(3, 5, 2, 6)``: the first two join ``T_base`` in the strong-view
@@ -423,26 +382,28 @@ def mlkd_losses(
         ``loss_kd`` is the weak block plus the strong block.  The strong-view
         class/batch-consistency sums of the released code are not computed
         (they are never added to its losses).
+
+    Example (the same logits for both views)::
+
+        >>> import torch
+        >>> from slkd.losses import mlkd_losses
+        >>> s, t = torch.tensor([[1.0, 3.0, 0.5], [0.0, 1.0, 2.0]]), torch.tensor([[0.5, 2.0, 1.0], [1.0, 0.0, 0.0]])
+        >>> losses = mlkd_losses(s, s, t, t, torch.tensor([1, 2]))
+        >>> {name: round(value.item(), 4) for name, value in losses.items()}
+        {'loss_ce': 0.0604, 'loss_kd': 3.341, 'loss_cc': 0.031, 'loss_bc': 0.002}
     """
     _validate(student_weak, student_strong, teacher_weak, teacher_strong, target)
-    t_base = _check_temperature("base_temperature", base_temperature)
-    if isinstance(extra_temperatures, (str, bytes)) or not isinstance(
-        extra_temperatures, Sequence
-    ):
-        raise ValueError(
-            "extra_temperatures must be a sequence of four temperatures, "
-            f"got {extra_temperatures!r}"
-        )
-    if len(extra_temperatures) != 4:
-        raise ValueError(
+    (t_base, *wrong) = temperature_values(base_temperature, "base_temperature")
+    if wrong:
+        raise LossInputError(f"base_temperature must be one temperature, got {len(wrong) + 1}: {base_temperature!r}")
+    extras = temperature_values(extra_temperatures, "extra_temperatures")
+    if len(extras) != 4:
+        raise LossInputError(
             "extra_temperatures must hold exactly four temperatures (released order "
-            f"(3, 5, 2, 6)), got {len(extra_temperatures)}: {tuple(extra_temperatures)!r}"
+            f"(3, 5, 2, 6)), got {len(extras)}: {extras!r}"
         )
-    extras = [
-        _check_temperature(f"extra_temperatures[{i}]", v) for i, v in enumerate(extra_temperatures)
-    ]
-    w_ce = _check_weight("ce_weight", ce_weight)
-    w_kd = _check_weight("kd_weight", kd_weight)
+    w_ce = check_weight("ce_weight", ce_weight)
+    w_kd = check_weight("kd_weight", kd_weight)
 
     dtype = _compute_dtype(student_weak, student_strong, teacher_weak, teacher_strong)
     device = student_weak.device
@@ -483,6 +444,7 @@ def mlkd_losses(
 
         loss_cc = w_kd * class_frac * _cc_from_probs(p_s_w, g_t).sum()
         loss_bc = w_kd * sample_frac * _bc_from_probs(p_s_w, h_t).sum()
+        target = target.long()
         loss_ce = w_ce * (F.cross_entropy(s_w, target) + F.cross_entropy(s_s, target))
 
     return {

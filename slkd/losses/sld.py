@@ -32,15 +32,25 @@ into them.
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
 
+from slkd.losses.checks import (
+    check_logits,
+    check_same_device,
+    check_same_shape,
+    check_target,
+    check_temperature_tensor,
+    temperature_values,
+)
 from slkd.losses.constants import constant
 
+__all__ = ["DEFAULT_TEMPERATURES", "SLDLoss", "SLDTerms", "sld_loss", "sld_terms", "swap_logits"]
+
 DEFAULT_TEMPERATURES = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
-MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-4, 1e4
 
 
 def swap_logits(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -56,8 +66,16 @@ def swap_logits(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         ties); other entries and rows with ``m_i == y_i`` are copied unchanged.
         Differentiable (the gradient is the same permutation), and free of host-device
         synchronisation.
+
+    Example (label 0; the top logit, 3.0, sits in column 2)::
+
+        >>> import torch
+        >>> from slkd.losses import swap_logits
+        >>> swap_logits(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([0]))
+        tensor([[3., 2., 1.]])
     """
-    _check_logits_and_target(logits, target)
+    check_logits("logits", logits)
+    check_target(target, logits)
     return logits.gather(1, _swap_permutation(logits, target))
 
 
@@ -74,14 +92,42 @@ def _swap_permutation(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
 class SLDTerms(NamedTuple):
     """Per-row loss terms of one view, and how often each swap fired.
 
-    ``teacher_swap`` and ``student_swap`` are ``(N,)``; the two rates are 0-d tensors: the
-    share of rows whose teacher (student) top class is not the label. All stay on device.
+    ``teacher_swap_loss`` (``L_TS``) and ``student_swap_loss`` (``L_SS``) are ``(N,)``; the two
+    rates are 0-d tensors: the share of rows whose teacher (student) top class is not the
+    label. All stay on device. (``teacher_swap`` and ``student_swap``, the losses' names
+    before 0.2, still read them, with a DeprecationWarning.)
     """
 
-    teacher_swap: torch.Tensor
-    student_swap: torch.Tensor
+    teacher_swap_loss: torch.Tensor
+    student_swap_loss: torch.Tensor
     teacher_swap_rate: torch.Tensor
     student_swap_rate: torch.Tensor
+
+    @property
+    def teacher_swap(self) -> torch.Tensor:
+        _warn_renamed("SLDTerms.teacher_swap", "SLDTerms.teacher_swap_loss")
+        return self.teacher_swap_loss
+
+    @property
+    def student_swap(self) -> torch.Tensor:
+        _warn_renamed("SLDTerms.student_swap", "SLDTerms.student_swap_loss")
+        return self.student_swap_loss
+
+
+def _warn_renamed(old: str, new: str) -> None:
+    warnings.warn(f"{old} is renamed {new}; the old name goes in the next release", DeprecationWarning, stacklevel=3)
+
+
+def _renamed_switch(function: str, renamed: dict, old: str, new: str, value: bool) -> bool:
+    """``value``, or the one given under ``old`` (with a DeprecationWarning); TypeError for any
+    other keyword, as Python gives for an unknown one."""
+    unknown = sorted(set(renamed) - {old})
+    if unknown:
+        raise TypeError(f"{function}() got an unexpected keyword argument {unknown[0]!r}")
+    if old in renamed:
+        _warn_renamed(f"{function}({old}=...)", f"{function}({new}=...)")
+        return renamed[old]
+    return value
 
 
 def sld_terms(
@@ -91,9 +137,10 @@ def sld_terms(
     temperatures: torch.Tensor,
     *,
     teacher_swap: bool = True,
-    pseudo_teacher: bool = True,
+    student_swap: bool = True,
     detach_pseudo_teacher: bool = False,
     fused: bool = False,
+    **renamed,
 ) -> SLDTerms:
     """Per-row ``L_TS`` and ``L_SS`` (see the module docstring).
 
@@ -104,24 +151,34 @@ def sld_terms(
         temperatures: ``(K,)`` positive floats on the logits' device.
         teacher_swap: swap the teacher row before the softmax (False: plain
             multi-temperature KD against the raw teacher).
-        pseudo_teacher: compute ``L_SS``; when False, ``student_swap`` is zeros.
+        student_swap: compute ``L_SS``; when False, ``student_swap_loss`` is zeros. (Its name
+            before 0.2, ``pseudo_teacher=``, still works, with a DeprecationWarning.)
         detach_pseudo_teacher: treat ``p_T(swap(z, y))`` as a constant in ``L_SS``.
         fused: compute with the two Triton kernels of :mod:`slkd.losses.sld_fused` (CUDA
             tensors; the same values up to float rounding, two launches instead of dozens).
+
+    Example::
+
+        >>> import torch
+        >>> from slkd.losses import sld_terms
+        >>> z, t, y = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 2.0]]), torch.tensor([0])
+        >>> terms = sld_terms(z, t, y, torch.tensor([1.0, 4.0]))
+        >>> terms.student_swap_loss, terms.teacher_swap_rate
+        (tensor([0.]), tensor(1.))
     """
-    _check_logits_and_target(student_logits, target)
-    if teacher_logits.shape != student_logits.shape:
-        raise ValueError(
-            f"teacher logits have shape {tuple(teacher_logits.shape)} but student logits "
-            f"{tuple(student_logits.shape)}: teacher and student must predict the same classes"
-        )
-    _check_temperatures_tensor(temperatures)
+    student_swap = _renamed_switch("sld_terms", renamed, "pseudo_teacher", "student_swap", student_swap)
+    check_logits("student_logits", student_logits)
+    check_logits("teacher_logits", teacher_logits)
+    check_same_shape("teacher_logits", teacher_logits, "student_logits", student_logits)
+    check_same_device("student_logits", student_logits, teacher_logits=teacher_logits)
+    check_target(target, student_logits, "student_logits")
+    check_temperature_tensor(temperatures, student_logits)
     compute_dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
     device_type = student_logits.device.type
     if fused:
         return _fused_terms(
             student_logits, teacher_logits, target, temperatures.to(compute_dtype),
-            teacher_swap, pseudo_teacher, detach_pseudo_teacher,
+            teacher_swap, student_swap, detach_pseudo_teacher,
         )  # fmt: skip
     with torch.autocast(device_type=device_type, enabled=False):
         ts_rows, ss_rows, top = _SwappedKL.apply(
@@ -130,13 +187,13 @@ def sld_terms(
             target,
             temperatures.to(compute_dtype),
             teacher_swap,
-            pseudo_teacher,
+            student_swap,
             detach_pseudo_teacher,
         )
     student_rate, teacher_rate = (top.ne(target).sum(dim=1, dtype=compute_dtype) / target.shape[0]).unbind()
     return SLDTerms(
-        teacher_swap=ts_rows,
-        student_swap=ss_rows,
+        teacher_swap_loss=ts_rows,
+        student_swap_loss=ss_rows,
         teacher_swap_rate=teacher_rate,
         student_swap_rate=student_rate,
     )
@@ -152,8 +209,8 @@ def _fused_terms(student_logits, teacher_logits, target, temperatures, teacher_s
     teacher_rate, student_rate = swapped.mean(dim=1).unbind()
     ts_rows, ss_rows = terms.unbind()
     return SLDTerms(
-        teacher_swap=ts_rows,
-        student_swap=ss_rows,
+        teacher_swap_loss=ts_rows,
+        student_swap_loss=ss_rows,
         teacher_swap_rate=teacher_rate,
         student_swap_rate=student_rate,
     )
@@ -191,7 +248,8 @@ class _SwappedKL(torch.autograd.Function):
             teacher_row.scatter_(1, target.view(-1, 1), top_value[1].view(-1, 1))
         log_probs = torch.log_softmax(logits.unsqueeze(1) / temperatures.view(1, -1, 1, 1), dim=-1)
         probs = log_probs.exp()  # (2, K, M, C): [0] student q, [1] swapped teacher p
-        kl = (probs[1] * (log_probs[1] - log_probs[0])).sum(dim=-1)  # (K, M)
+        # a teacher probability of 0 (a logit of -inf, or an underflow) adds 0, as in kl_div
+        kl = (probs[1] * (log_probs[1] - log_probs[0])).masked_fill_(probs[1] == 0, 0.0).sum(dim=-1)  # (K, M)
         ts_rows = torch.mv(kl.t(), temperatures * temperatures)
         index = gap = q_pair = gap_prob = t_gap = None
         if pseudo_teacher:
@@ -255,7 +313,8 @@ def sld_loss(
         teacher_logits: ``(N, C)`` teacher logits (constant target).
         target: ``(N,)`` integer labels in ``[0, C)``.
         epoch: current epoch, counted from 1 as in mdistiller's trainer.
-        temperatures: non-empty positive temperatures; the terms are summed, not averaged.
+        temperatures: a number, a sequence, or a 1-d numpy array or tensor of temperatures in
+            ``[1e-4, 1e4]`` (read on the host); the terms are summed, not averaged.
         gamma: ``L_SS`` is on while ``epoch > gamma`` (a step, no ramp).
         teacher_swap: False gives plain multi-temperature KD against the raw teacher.
         student_swap: False never adds ``L_SS``.
@@ -264,29 +323,54 @@ def sld_loss(
 
     Returns:
         0-d float32 tensor (float64 for float64 inputs).
+
+    Example (with label 0 the swapped teacher is the student; with label 1 it is not, and
+    past ``gamma`` the swapped student adds ``L_SS``)::
+
+        >>> import torch
+        >>> from slkd.losses import sld_loss
+        >>> z, t = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 2.0]])
+        >>> sld_loss(z, t, torch.tensor([0]), epoch=1, temperatures=(1.0, 4.0))
+        tensor(0.)
+        >>> sld_loss(z, t, torch.tensor([1]), epoch=1, temperatures=4.0).round(decimals=4)
+        tensor(1.9593)
+        >>> sld_loss(z, t, torch.tensor([1]), epoch=200, temperatures=4.0).round(decimals=4)
+        tensor(3.9187)
     """
     compute_dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
-    temps = constant(tuple(temperatures), compute_dtype, student_logits.device, check=temperature_tensor)
+    check_logits("student_logits", student_logits)
+    temps = constant(temperature_values(temperatures), compute_dtype, student_logits.device)
     terms = sld_terms(
         student_logits,
         teacher_logits,
         target,
         temps,
         teacher_swap=teacher_swap,
-        pseudo_teacher=student_swap and epoch > gamma,
+        student_swap=student_swap and epoch > gamma,
         detach_pseudo_teacher=detach_pseudo_teacher,
         fused=fused,
     )
-    return (terms.teacher_swap + terms.student_swap).mean()
+    return (terms.teacher_swap_loss + terms.student_swap_loss).mean()
 
 
 class SLDLoss(nn.Module):
     """:func:`sld_loss` with its settings held, e.g. ``SLDLoss(gamma=150)(z, t, y, epoch)``.
 
     The temperatures live in non-persistent buffers (float64, and float32 for float32
-    arithmetic), so they follow ``.to(device)`` and cost no host-to-device copy per call.
+    arithmetic), so they follow ``.to(device)`` and cost no host-to-device copy per call. A
+    cast to a 16-bit float (``.half()``, ``.to(torch.bfloat16)``) leaves them in their
+    float32/float64 dtype, exact: 16 bits would round a temperature of 0.3 to 0.2998.
     ``fused=True`` computes with the Triton kernels of :mod:`slkd.losses.sld_fused` (CUDA
     tensors).
+
+    Example::
+
+        >>> import torch
+        >>> from slkd.losses import SLDLoss
+        >>> criterion = SLDLoss(temperatures=(1.0, 4.0), gamma=10)
+        >>> z, t, y = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 2.0]]), torch.tensor([1])
+        >>> criterion(z, t, y, epoch=11).round(decimals=4), criterion.student_swap_on(11)
+        (tensor(6.9651), True)
     """
 
     def __init__(
@@ -299,7 +383,8 @@ class SLDLoss(nn.Module):
         fused: bool = False,
     ) -> None:
         super().__init__()
-        values = temperature_tensor(temperatures)
+        self._temperature_values = temperature_values(temperatures)
+        values = torch.tensor(self._temperature_values, dtype=torch.float64)
         self.register_buffer("temperatures", values, persistent=False)
         self.register_buffer("temperatures_float32", values.float(), persistent=False)
         self.gamma = int(gamma)
@@ -308,12 +393,29 @@ class SLDLoss(nn.Module):
         self.detach_pseudo_teacher = bool(detach_pseudo_teacher)
         self.fused = bool(fused)
 
-    def pseudo_teacher_on(self, epoch: int) -> bool:
+    def _apply(self, fn, recurse=True):
+        """``nn.Module``'s, then a temperature buffer cast to a 16-bit float is made again,
+        exact, in the dtype it had (on the device it moved to)."""
+        kept = {name: getattr(self, name).dtype for name in ("temperatures", "temperatures_float32")}
+        super()._apply(fn, recurse)
+        for name, dtype in kept.items():
+            buffer = getattr(self, name)
+            if buffer.dtype not in (torch.float32, torch.float64):
+                setattr(self, name, torch.tensor(self._temperature_values, dtype=dtype, device=buffer.device))
+        return self
+
+    def student_swap_on(self, epoch: int) -> bool:
         """Whether ``L_SS`` is part of the loss at ``epoch``."""
         return self.student_swap and epoch > self.gamma
 
+    def pseudo_teacher_on(self, epoch: int) -> bool:
+        """:meth:`student_swap_on`'s name before 0.2 (DeprecationWarning)."""
+        _warn_renamed("SLDLoss.pseudo_teacher_on", "SLDLoss.student_swap_on")
+        return self.student_swap_on(epoch)
+
     def terms(self, student_logits, teacher_logits, target, epoch: int) -> SLDTerms:
         """Per-row terms (see :func:`sld_terms`), e.g. for a loss over several views."""
+        check_logits("student_logits", student_logits)
         float64 = student_logits.dtype == torch.float64
         return sld_terms(
             student_logits,
@@ -321,68 +423,19 @@ class SLDLoss(nn.Module):
             target,
             self.temperatures if float64 else self.temperatures_float32,
             teacher_swap=self.teacher_swap,
-            pseudo_teacher=self.pseudo_teacher_on(epoch),
+            student_swap=self.student_swap_on(epoch),
             detach_pseudo_teacher=self.detach_pseudo_teacher,
             fused=self.fused,
         )
 
     def forward(self, student_logits, teacher_logits, target, epoch: int) -> torch.Tensor:
         terms = self.terms(student_logits, teacher_logits, target, epoch)
-        return (terms.teacher_swap + terms.student_swap).mean()
+        return (terms.teacher_swap_loss + terms.student_swap_loss).mean()
 
     def extra_repr(self) -> str:
-        temps = ", ".join(f"{t:g}" for t in self.temperatures.tolist())
+        temps = ", ".join(f"{t:g}" for t in self._temperature_values)
         return (
             f"temperatures=({temps}), gamma={self.gamma}, teacher_swap={self.teacher_swap}, "
             f"student_swap={self.student_swap}, "
             f"detach_pseudo_teacher={self.detach_pseudo_teacher}, fused={self.fused}"
         )
-
-
-def temperature_tensor(temperatures: Sequence[float]) -> torch.Tensor:
-    """``temperatures`` as a float64 tensor; ValueError unless a non-empty list of numbers in
-    ``[MIN_TEMPERATURE, MAX_TEMPERATURE]``."""
-    values = list(temperatures)
-    if not values:
-        raise ValueError("temperatures is empty: give at least one, e.g. (1, 2, 3, 4, 5, 6)")
-    bad = [t for t in values if isinstance(t, bool) or not isinstance(t, (int, float)) or not MIN_TEMPERATURE <= t <= MAX_TEMPERATURE]
-    if bad:
-        raise ValueError(
-            f"temperatures must be numbers in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}] (beyond, "
-            f"z / T or T^2 leaves float32's range), got {values}"
-        )
-    return torch.tensor(values, dtype=torch.float64)
-
-
-def _check_temperatures_tensor(temperatures: torch.Tensor) -> None:
-    if temperatures.dim() != 1 or temperatures.numel() == 0:
-        raise ValueError(
-            f"temperatures must be a non-empty 1-d tensor, got shape {tuple(temperatures.shape)}"
-        )
-
-
-def _check_logits_and_target(logits: torch.Tensor, target: torch.Tensor) -> None:
-    """Shape and dtype checks (no sync); label range only for CPU tensors outside
-    torch.compile (on a GPU it would be a sync)."""
-    if logits.dim() != 2:
-        raise ValueError(
-            f"logits must be 2-d (batch, classes), got shape {tuple(logits.shape)}"
-        )
-    if logits.shape[0] == 0 or logits.shape[1] == 0:
-        raise ValueError(f"logits must have at least one row and one class, got shape {tuple(logits.shape)}")
-    if not logits.is_floating_point():
-        raise TypeError(f"logits must be a floating tensor, got {logits.dtype}")
-    if target.dim() != 1 or target.shape[0] != logits.shape[0]:
-        raise ValueError(
-            f"target must be 1-d with one label per row: logits {tuple(logits.shape)}, "
-            f"target {tuple(target.shape)}"
-        )
-    if target.is_floating_point() or target.dtype == torch.bool:
-        raise TypeError(f"target must hold integer class labels, got {target.dtype}")
-    if target.device.type == "cpu" and not torch.compiler.is_compiling():
-        low, high = int(target.min()), int(target.max())
-        if low < 0 or high >= logits.shape[1]:
-            raise ValueError(
-                f"labels must lie in [0, {logits.shape[1] - 1}] for {logits.shape[1]} classes, "
-                f"got values from {low} to {high}"
-            )

@@ -139,7 +139,8 @@ if triton is not None:
             t_sum = tl.sum(et, 0)
             p = et / t_sum
             log_p = ts_scaled - (t_shift + tl.log(t_sum))
-            kl += tl.where(valid, (temperature * temperature) * p * (log_p - log_q), 0.0)
+            # p = 0 (a teacher logit of -inf) adds 0, as in kl_div: 0 log 0 = 0
+            kl += tl.where(valid & (p > 0), (temperature * temperature) * p * (log_p - log_q), 0.0)
             if NEEDS_GRAD:
                 grad_ts += temperature * (q - p)
             if PSEUDO:

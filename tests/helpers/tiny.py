@@ -68,7 +68,7 @@ class TinyDistiller(nn.Module):
             teacher_out = [self.teacher(v) for v in views]
             teacher = [logits for logits, _ in teacher_out]
         terms = self.criterion.terms(torch.cat(student), torch.cat(teacher), target.repeat(2), epoch)
-        loss_kd = self.kd_weight * (terms.teacher_swap + terms.student_swap).sum() / target.shape[0]
+        loss_kd = self.kd_weight * (terms.teacher_swap_loss + terms.student_swap_loss).sum() / target.shape[0]
         loss_ce = self.ce_weight * sum(F.cross_entropy(z, target) for z in student)
         if self.nan_at == (epoch, self.calls):
             loss_kd = loss_kd * float("nan")
