@@ -80,7 +80,11 @@ def in_tmp(tmp_path, monkeypatch):
 
 
 def pytest_collection_modifyitems(config, items):
+    """Mark what needs a host (before ``-m`` selects): ``host`` for every test taking a host
+    fixture, ``mlkd_fork`` for every test taking ``mlkd_fork_host``."""
     for item in items:
+        if "mlkd_fork_host" in item.fixturenames and not item.get_closest_marker("mlkd_fork"):
+            item.add_marker(pytest.mark.mlkd_fork)
         if HOST_FIXTURES & set(item.fixturenames) or item.get_closest_marker("mlkd_fork"):
             item.add_marker(pytest.mark.host)
 
