@@ -2,8 +2,8 @@
 --import``'s rows and curves.
 
 The logs are written here, in the format of mdistiller's trainer; with a host checkout
-(``SLKD_MDISTILLER_PATH``, ``SLKD_RELEASED_SLD_PATH``) its own ``BaseTrainer.log`` and
-``train`` write one in a subprocess, and that one is parsed.
+(``SLKD_MDISTILLER_PATH``, ``SLKD_RELEASED_SLD_PATH``, ``SLKD_LS_FORK_PATH``) its own
+``BaseTrainer.log`` and ``train`` write one in a subprocess, and that one is parsed.
 """
 
 import csv
@@ -19,6 +19,7 @@ from slkd.bench.cli import main
 from slkd.bench.report import report
 from slkd.bench.worklog import parse, read
 from slkd.errors import BenchError
+from tests.helpers.hosts import LS_FORK, MDISTILLER, RELEASED_SLD, checkout
 
 TEST_ACC = [20.5, 41.25, 39.75]
 
@@ -141,14 +142,15 @@ HOST_WRITER = textwrap.dedent(
 
 
 @pytest.mark.host
-@pytest.mark.parametrize("variable", ["SLKD_MDISTILLER_PATH", "SLKD_RELEASED_SLD_PATH"])
+@pytest.mark.parametrize("variable", [MDISTILLER, RELEASED_SLD, LS_FORK])
 def test_the_hosts_own_trainer_writes_what_is_read(tmp_path, variable):
-    tree = os.environ.get(variable)
-    if not tree or not (Path(tree) / "mdistiller" / "engine" / "trainer.py").is_file():
-        pytest.skip(f"{variable} does not point at a checkout with mdistiller/engine/trainer.py: set it to test against its trainer")
-    env = dict(os.environ, PYTHONPATH=tree, PYTHONDONTWRITEBYTECODE="1")
+    """mdistiller, the released SLD code and the logit-standardization fork (six-decimal lr)
+    each write a worklog with their own BaseTrainer; the MLKD fork's: with it as host."""
+    tree = checkout(variable, needs="mdistiller/engine/trainer.py")
+    env = dict(os.environ, PYTHONPATH=str(tree), PYTHONDONTWRITEBYTECODE="1")
     subprocess.run([sys.executable, "-c", HOST_WRITER, str(tmp_path)], check=True, env=env, cwd=tmp_path, timeout=120)
     log = read(tmp_path)
     assert [line["test_acc"] for line in log.epochs] == TEST_ACC
     assert [line["train_loss"] for line in log.epochs] == [3.0, 1.5, 1.0]
+    assert [line["lr"] for line in log.epochs] == [0.05] * 3
     assert (log.finished, log.best, log.last) == (True, 41.25, 39.75)
