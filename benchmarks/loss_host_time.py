@@ -23,9 +23,11 @@ from pathlib import Path
 
 import torch
 
+from slkd.losses.sld import SLD_DEFAULTS
+
 SIZES = ((128, 100), (1024, 1000))
-TEMPERATURES = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
-EPOCH_ON = 200  # pseudo-teacher on (GAMMA 150)
+TEMPERATURES = SLD_DEFAULTS["TEMPERATURES"]
+EPOCH_ON = SLD_DEFAULTS["GAMMA"] + 50  # pseudo-teacher on
 
 
 def host_time(fn, iters: int, warmup: int) -> dict:

@@ -65,14 +65,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from slkd.losses.sld import SLD_DEFAULTS
+
 SCHEMA = "slkd-sld-speed/1"
 SECTIONS = ("loss", "step", "sync", "loader", "epoch-estimate")
-TEMPERATURES = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
-GAMMA = 150
+TEMPERATURES, GAMMA, CE_WEIGHT, KD_WEIGHT = (SLD_DEFAULTS[key] for key in ("TEMPERATURES", "GAMMA", "CE_WEIGHT", "KD_WEIGHT"))
 EPOCH_OFF = 1  # teacher swap only
-EPOCH_ON = 200  # pseudo-teacher (student swap) on
-CE_WEIGHT = 0.1
-KD_WEIGHT = 0.9
+EPOCH_ON = GAMMA + 50  # pseudo-teacher (student swap) on
 LR = 0.025
 LOSS_SIZES = ((64, 100), (512, 1000))
 QUICK_LOSS_SIZES = ((16, 10), (64, 100))

@@ -102,6 +102,7 @@ from slkd.losses.checks import (
     temperature_values,
 )
 from slkd.losses.constants import constant
+from slkd.losses.logits import standardize_logits
 
 __all__ = [
     "DEFAULT_EXTRA_TEMPERATURES",
@@ -356,10 +357,15 @@ def mlkd_losses(
     extra_temperatures: Sequence[float] = DEFAULT_EXTRA_TEMPERATURES,
     ce_weight: float = 0.1,
     kd_weight: float = 0.9,
+    standardize: bool = False,
 ) -> Dict[str, Tensor]:
     """MLKD losses exactly as the released ``KD_ours.forward_train`` returns them.
 
-    See the module docstring for the formulas and the reproduced quirks.
+    See the module docstring for the formulas and the reproduced quirks. With
+    ``standardize`` the KD terms ``kd_T`` (both blocks) take z-scored logits
+    (:func:`slkd.losses.logits.standardize_logits`) of student and teacher, as the
+    logit-standardization authors' MLKD does with ``LOGIT_STAND``; the masks, the class-
+    and batch-consistency terms and the cross-entropy keep the raw logits.
 
     Args:
         student_weak: ``(B, C)`` student logits on the weak view.
@@ -375,6 +381,7 @@ def mlkd_losses(
         ce_weight: ``cfg.KD.LOSS.CE_WEIGHT`` (0.1 by default, as in the fork).
         kd_weight: ``cfg.KD.LOSS.KD_WEIGHT`` (0.9 by default); also weighs the
             class- and batch-consistency terms.
+        standardize: z-score the logits of the KD terms (``LOGITS.STANDARDIZE``).
 
     Returns:
         ``{"loss_ce", "loss_kd", "loss_cc", "loss_bc"}``, each a 0-d tensor in
@@ -425,16 +432,19 @@ def mlkd_losses(
             sample_frac = percentile_mask(p1.amax(dim=1)).to(dtype).mean()
             class_frac = percentile_mask(p1.sum(dim=0)).to(dtype).mean()
 
-            # Teacher quantities at every temperature, (K, B, C).
-            log_pt_w = F.log_softmax(_scaled(t_w, temps_all), dim=-1)
-            log_pt_s = F.log_softmax(_scaled(t_s, temps_strong), dim=-1)
-            p_t_w = log_pt_w.exp()
+            # Teacher quantities at every temperature, (K, B, C); the KD terms' from the
+            # z-scored logits with ``standardize``, the Gram matrices' from the raw ones.
+            kd_t_w, kd_t_s = (standardize_logits(t_w), standardize_logits(t_s)) if standardize else (t_w, t_s)
+            log_pt_w = F.log_softmax(_scaled(kd_t_w, temps_all), dim=-1)
+            log_pt_s = F.log_softmax(_scaled(kd_t_s, temps_strong), dim=-1)
+            p_t_w = F.softmax(_scaled(t_w, temps_all), dim=-1) if standardize else log_pt_w.exp()
             g_t = _class_gram(p_t_w)  # (K, C, C)
             h_t = _batch_gram(p_t_w)  # (K, B, B)
 
-        log_ps_w = F.log_softmax(_scaled(s_w, temps_all), dim=-1)  # (5, B, C)
-        log_ps_s = F.log_softmax(_scaled(s_s, temps_strong), dim=-1)  # (3, B, C)
-        p_s_w = log_ps_w.exp()
+        kd_s_w, kd_s_s = (standardize_logits(s_w), standardize_logits(s_s)) if standardize else (s_w, s_s)
+        log_ps_w = F.log_softmax(_scaled(kd_s_w, temps_all), dim=-1)  # (5, B, C)
+        log_ps_s = F.log_softmax(_scaled(kd_s_s, temps_strong), dim=-1)  # (3, B, C)
+        p_s_w = F.softmax(_scaled(s_w, temps_all), dim=-1) if standardize else log_ps_w.exp()
 
         kd_weak = _kd_from_log_probs(log_ps_w, log_pt_w, temps_all)  # (5,)
         kd_strong = _kd_from_log_probs(log_ps_s, log_pt_s, temps_strong)  # (3,)

@@ -33,6 +33,7 @@ into them.
 from __future__ import annotations
 
 import warnings
+from types import MappingProxyType
 from typing import NamedTuple, Sequence
 
 import torch
@@ -48,9 +49,24 @@ from slkd.losses.checks import (
 )
 from slkd.losses.constants import constant
 
-__all__ = ["DEFAULT_TEMPERATURES", "SLDLoss", "SLDTerms", "sld_loss", "sld_terms", "swap_logits"]
+__all__ = ["DEFAULT_TEMPERATURES", "SLD_DEFAULTS", "SLDLoss", "SLDTerms", "sld_loss", "sld_terms", "swap_logits"]
 
-DEFAULT_TEMPERATURES = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
+#: The released code's settings, the one place they are written: the keys of the ``SLD``
+#: config node (:func:`slkd.host.config.sld_node`), the loss's keyword defaults below, the
+#: benchmark's settings and the README's table all come from here. Whether the teacher row
+#: is swapped is the ``LOGITS.TEACHER_SWAP`` setting, on for SLD (``teacher_swap=True``).
+SLD_DEFAULTS = MappingProxyType(
+    {
+        "CE_WEIGHT": 0.1,  # cross-entropy weight, summed over views
+        "KD_WEIGHT": 0.9,  # SLD loss weight, summed over views
+        "TEMPERATURES": (1.0, 2.0, 3.0, 4.0, 5.0, 6.0),  # summed with equal weight
+        "GAMMA": 150,  # the pseudo-teacher term is on while epoch > GAMMA
+        "STUDENT_SWAP": True,  # False: no pseudo-teacher term
+        "DETACH_PSEUDO_TEACHER": False,  # stop the gradient through the swapped student target
+    }
+)
+DEFAULT_TEMPERATURES = SLD_DEFAULTS["TEMPERATURES"]
+DEFAULT_GAMMA = SLD_DEFAULTS["GAMMA"]
 
 
 def swap_logits(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -300,10 +316,10 @@ def sld_loss(
     epoch: int,
     *,
     temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
-    gamma: int = 150,
+    gamma: int = DEFAULT_GAMMA,
     teacher_swap: bool = True,
-    student_swap: bool = True,
-    detach_pseudo_teacher: bool = False,
+    student_swap: bool = SLD_DEFAULTS["STUDENT_SWAP"],
+    detach_pseudo_teacher: bool = SLD_DEFAULTS["DETACH_PSEUDO_TEACHER"],
     fused: bool = False,
 ) -> torch.Tensor:
     """SLD loss of one view, unweighted: ``mean_rows(L_TS + [epoch > gamma] L_SS)``.
@@ -376,10 +392,10 @@ class SLDLoss(nn.Module):
     def __init__(
         self,
         temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
-        gamma: int = 150,
+        gamma: int = DEFAULT_GAMMA,
         teacher_swap: bool = True,
-        student_swap: bool = True,
-        detach_pseudo_teacher: bool = False,
+        student_swap: bool = SLD_DEFAULTS["STUDENT_SWAP"],
+        detach_pseudo_teacher: bool = SLD_DEFAULTS["DETACH_PSEUDO_TEACHER"],
         fused: bool = False,
     ) -> None:
         super().__init__()
