@@ -18,7 +18,7 @@ from slkd.losses.sld import SLDLoss, sld_loss, swap_logits
 from tests.helpers.tiny import tiny_cfg
 
 BASE = tiny_cfg("/tmp/unused")
-KNOWN = ["SLD.GAMMA", "SLD.TEMPERATURES", "SLD.CE_WEIGHT", "SLD.KD_WEIGHT", "SLD.STRONG_VIEW",
+KNOWN = ["SLD.GAMMA", "SLD.TEMPERATURES", "SLD.CE_WEIGHT", "SLD.KD_WEIGHT", "SLD.STRONG_VIEW", "PROTOCOL.VIEWS", "LOGITS.TEACHER_SWAP", "LOGITS.STANDARDIZE",
          "SOLVER.EPOCHS", "SOLVER.LR", "SOLVER.LR_DECAY_STAGES", "SLKD.AMP", "SLKD.EVAL_FREQ",
          "SLKD.LOADER.WORKERS", "DISTILLER.TYPE", "SLD", "SOLVER", "NOPE.KEY", "SLD.GAMA"]
 scalars = st.one_of(

@@ -11,21 +11,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers.expected import SLD_NODE
+
 needs_host = pytest.mark.host  # on the tests that take the ``host`` fixture
 
 CONFIGS = Path(__file__).resolve().parents[1] / "mdistiller_configs"
 ALL_YAML = sorted(CONFIGS.rglob("*.yaml"))
 
-SLD_NODE_IN_FULL = {
-    "CE_WEIGHT": 0.1,
-    "KD_WEIGHT": 0.9,
-    "TEMPERATURES": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
-    "GAMMA": 150,
-    "TEACHER_SWAP": True,
-    "STUDENT_SWAP": True,
-    "DETACH_PSEUDO_TEACHER": False,
-    "STRONG_VIEW": True,
-}
+SLD_NODE_IN_FULL = SLD_NODE
 
 # docs/method.md, section 4: file -> (teacher, student, learning rate of the released code)
 CIFAR_PAIRS = {
@@ -71,6 +64,7 @@ def test_there_are_shipped_configs():
 @pytest.mark.parametrize("path", ALL_YAML, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_every_shipped_config_merges_into_a_fresh_cfg(host, path):
     from slkd.host.config import validate_sld
+    from slkd.host.protocol import validate_protocol
 
     before = host.cfg.dump()
     cfg = _load(host, path)
@@ -87,6 +81,7 @@ def test_every_shipped_config_merges_into_a_fresh_cfg(host, path):
             assert merged == expected, f"{node}.{key}: file {value!r}, merged {merged!r}"
     assert cfg.DISTILLER.TYPE in host.distiller_dict, "the method must be registered on this host"
     assert cfg.SOLVER.TRAINER == "slkd"
+    validate_protocol(cfg)
     if cfg.DISTILLER.TYPE == "SLD":
         assert set(raw["SLD"]) == set(SLD_NODE_IN_FULL), "the SLD node must be written out in full"
         with warnings.catch_warnings():
@@ -133,8 +128,10 @@ def test_cifar_pair_has_released_settings(host, name):
     assert cfg.SOLVER.WEIGHT_DECAY == pytest.approx(5e-4)
     assert cfg.SOLVER.MOMENTUM == pytest.approx(0.9)
     assert cfg.SOLVER.TYPE == "SGD"
-    raw_sld = yaml.safe_load(path.read_text())["SLD"]
-    assert raw_sld == SLD_NODE_IN_FULL
+    raw = yaml.safe_load(path.read_text())
+    assert raw["SLD"] == SLD_NODE_IN_FULL
+    # the released code's protocol and teacher swap, written out
+    assert raw["PROTOCOL"] == {"VIEWS": 2} and raw["LOGITS"] == {"TEACHER_SWAP": True, "STANDARDIZE": False}
     assert {key: cfg.SLD[key] for key in SLD_NODE_IN_FULL} == {
         key: (tuple(v) if isinstance(v, list) and isinstance(cfg.SLD[key], tuple) else v)
         for key, v in SLD_NODE_IN_FULL.items()
@@ -230,7 +227,7 @@ def test_unknown_key_in_file_names_the_file_and_suggests(host, tmp_path):
 def test_unknown_key_without_close_match_lists_siblings(host):
     message = _config_error(host, None, ["SLD.ZZZZZZZZZZZZ", "1"])
     assert "SLD.ZZZZZZZZZZZZ" in message
-    assert "SLD.GAMMA" in message and "SLD.STRONG_VIEW" in message
+    assert "SLD.GAMMA" in message and "SLD.STUDENT_SWAP" in message
 
 
 @needs_host
@@ -311,9 +308,10 @@ def _sld_cfg(fresh_cfg, **changes):
         ({"KD_WEIGHT": -1.0}, "SLD.KD_WEIGHT"),
         ({"KD_WEIGHT": float("nan")}, "SLD.KD_WEIGHT is nan: loss weights must be finite"),
         ({"CE_WEIGHT": float("inf")}, "SLD.CE_WEIGHT is inf: loss weights must be finite"),
-        ({"TRAINER": "base"}, "SLD.STRONG_VIEW False"),
+        ({"STRONG_VIEW": False}, "SLD.STRONG_VIEW is now PROTOCOL.VIEWS"),
+        ({"TEACHER_SWAP": True}, "SLD.TEACHER_SWAP is now LOGITS.TEACHER_SWAP"),
     ],
-    ids=["empty", "zero", "negative", "string", "bool", "negative-ce", "negative-kd", "nan-kd", "inf-ce", "one-view-trainer"],
+    ids=["empty", "zero", "negative", "string", "bool", "negative-ce", "negative-kd", "nan-kd", "inf-ce", "moved-views", "moved-swap"],
 )
 @needs_host
 def test_validate_sld_rejects(fresh_cfg, changes, fragment):
@@ -332,7 +330,7 @@ def test_validate_sld_accepts_defaults_and_zero_weights(fresh_cfg):
         validate_sld(_sld_cfg(fresh_cfg))
         validate_sld(_sld_cfg(fresh_cfg, CE_WEIGHT=0.0, KD_WEIGHT=0.0))
         validate_sld(_sld_cfg(fresh_cfg, TRAINER="ours"))  # the MLKD fork's two-view trainer
-        validate_sld(_sld_cfg(fresh_cfg, TRAINER="base", STRONG_VIEW=False))
+        validate_sld(_sld_cfg(fresh_cfg, TRAINER="base"))  # the views are PROTOCOL's business
 
 
 @needs_host

@@ -337,7 +337,7 @@ def _small_distiller(host, opts=(), seed=0):
 
 
 def test_single_view_mode_runs_with_image(host):
-    distiller, cfg = _small_distiller(host, ["SLD.STRONG_VIEW", "False", "SOLVER.TRAINER", "base"])
+    distiller, cfg = _small_distiller(host, ["PROTOCOL.VIEWS", "1", "SOLVER.TRAINER", "base"])
     assert distiller.num_views == 1
     image, _, target = _views(3, seed=7)
     logits, losses = distiller(image=image, target=target, epoch=151)
@@ -364,7 +364,7 @@ def test_two_view_mode_called_with_one_image_names_the_fix(host):
         distiller(image=image, target=target, epoch=1)
     message = str(caught.value)
     assert "image_weak=" in message and "image_strong=" in message
-    assert "SLD.STRONG_VIEW: False" in message
+    assert "PROTOCOL.VIEWS 1" in message
     assert "slkd" in message  # the trainer that feeds two views
     with pytest.raises(TypeError, match="image_strong"):
         distiller(image_weak=image, target=target, epoch=1)
@@ -375,7 +375,7 @@ def test_missing_epoch_raises(host):
     weak, strong, target = _views(2, seed=9)
     with pytest.raises(TypeError, match=r"epoch="):
         distiller(image_weak=weak, image_strong=strong, target=target)
-    single, _ = _small_distiller(host, ["SLD.STRONG_VIEW", "False", "SOLVER.TRAINER", "base"])
+    single, _ = _small_distiller(host, ["PROTOCOL.VIEWS", "1", "SOLVER.TRAINER", "base"])
     with pytest.raises(TypeError, match=r"epoch="):
         single(image=weak, target=target)
 

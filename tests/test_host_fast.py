@@ -80,7 +80,7 @@ def test_what_does_not_apply_to_the_run_stays_off_with_its_reason(host, on_gpu, 
     cfg = built(host, ["--cfg", MLKD_CFG, "--fast"])
     assert fast_keys(cfg) == {**FAST_ON, "FUSED_LOSS": False}
     assert "the fused loss: off, MLKD has no fused loss" in capsys.readouterr().out
-    cfg = built(host, ["--cfg", SLD_CFG, "--fast", "SLD.STRONG_VIEW", "False"])
+    cfg = built(host, ["--cfg", SLD_CFG, "--fast", "PROTOCOL.VIEWS", "1"])
     assert fast_keys(cfg) == {**FAST_ON, "DEVICE_VIEWS": False}
     assert "the device-side views: off, SLD trains on one view" in capsys.readouterr().out
     monkeypatch.setenv("RANK", "0")

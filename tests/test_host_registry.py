@@ -17,19 +17,11 @@ import sys
 
 import pytest
 
+from tests.helpers.expected import MOVED_SLD_KEYS, SLD_NODE
+
 needs_host = pytest.mark.host  # only the tests that take the ``host`` fixture
 
-# The SLD node of the issue (section 2), written out here as an independent oracle.
-ISSUE_SLD_NODE = {
-    "CE_WEIGHT": 0.1,
-    "KD_WEIGHT": 0.9,
-    "TEMPERATURES": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
-    "GAMMA": 150,
-    "TEACHER_SWAP": True,
-    "STUDENT_SWAP": True,
-    "DETACH_PSEUDO_TEACHER": False,
-    "STRONG_VIEW": True,
-}
+ISSUE_SLD_NODE = {**SLD_NODE, **dict.fromkeys(MOVED_SLD_KEYS)}  # the moved keys hold null
 
 SLKD_RUN_KEYS = {"SEED", "DETERMINISTIC", "AMP", "CHANNELS_LAST", "SYNC_BN", "FUSED_LOSS", "CUDA_GRAPHS", "DEVICE_VIEWS", "EVAL_FREQ", "LOADER"}
 
@@ -125,9 +117,26 @@ def test_trainer_registered(host):
 
 @needs_host
 def test_host_stock_entries_untouched(host):
-    for name in ("NONE", "KD", "DKD", "CRD"):
+    for name in ("NONE", "CRD"):
         assert name in host.distiller_dict
         assert not host.distiller_dict[name].__module__.startswith("slkd")
+
+
+@needs_host
+@pytest.mark.parametrize("name", ["KD", "DKD"])
+def test_kd_and_dkd_wrap_the_host_class_and_build_it_when_nothing_is_asked(host, fresh_cfg, name):
+    """PROTOCOL and LOGITS off: distiller_dict[name] builds the host's own class, unchanged."""
+    wrapper = host.distiller_dict[name]
+    own = wrapper.host_class
+    assert own.__module__ == f"mdistiller.distillers.{name}" and issubclass(wrapper, own)
+    fresh_cfg.DISTILLER.TYPE = name
+    student, teacher = (host.cifar_model_dict["resnet8"][0](num_classes=100) for _ in range(2))
+    assert type(wrapper(student, teacher, fresh_cfg)) is own
+    fresh_cfg.LOGITS.TEACHER_SWAP = False  # the method's own setting, written out
+    fresh_cfg.PROTOCOL.VIEWS = 1
+    assert type(wrapper(student, teacher, fresh_cfg)) is own
+    fresh_cfg.LOGITS.TEACHER_SWAP = True
+    assert type(wrapper(student, teacher, fresh_cfg)) is wrapper
 
 
 class _SomeoneElsesSLD:

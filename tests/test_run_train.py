@@ -427,7 +427,7 @@ def test_weights_and_biases_logs_when_asked_by_flag_or_override(host, overrides,
 def test_loop_only_trainers_are_replaced_by_slkds(host, capsys, trainer):
     from slkd.run.train import build_config, parse_args
 
-    args = parse_args(["--cfg", RES8X4, "SOLVER.TRAINER", trainer, "SLD.STRONG_VIEW", "False"])
+    args = parse_args(["--cfg", RES8X4, "SOLVER.TRAINER", trainer, "PROTOCOL.VIEWS", "1"])
     assert build_config(args, host.cfg).SOLVER.TRAINER == "slkd"
     assert f"SOLVER.TRAINER {trainer!r} -> 'slkd'" in capsys.readouterr().out
 

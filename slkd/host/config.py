@@ -2,10 +2,20 @@
 
 Nodes added to mdistiller's ``CFG`` by :func:`slkd.register`:
 
-``SLD`` (the method; exactly these keys)::
+``SLD`` (the method): the keys and defaults of :data:`slkd.losses.sld.SLD_DEFAULTS`, and
+two keys kept only to say where they moved (a run that sets them stops with that message):
+``STRONG_VIEW`` (now ``PROTOCOL.VIEWS``) and ``TEACHER_SWAP`` (now ``LOGITS.TEACHER_SWAP``).
 
-    CE_WEIGHT 0.1, KD_WEIGHT 0.9, TEMPERATURES [1..6], GAMMA 150, TEACHER_SWAP True,
-    STUDENT_SWAP True, DETACH_PSEUDO_TEACHER False, STRONG_VIEW True
+``PROTOCOL`` and ``LOGITS`` (for the logit methods KD, DKD, MLKD, SLD;
+:mod:`slkd.host.protocol` resolves and checks them)::
+
+    PROTOCOL.VIEWS        null     1: one view (crop, flip); 2: a weak and a strong
+                                   (RandAugment) view, the loss summed over both;
+                                   null: the method's own (KD, DKD 1; MLKD, SLD 2)
+    LOGITS.TEACHER_SWAP   null     the teacher logits the loss sees are SLD's swap(t, y);
+                                   null: the method's own (on for SLD, off for the others)
+    LOGITS.STANDARDIZE    False    z-score student and teacher rows in the distillation
+                                   term (Sun et al., CVPR 2024); cross-entropy sees raw logits
 
 ``SLKD`` (how slkd's trainer runs; none of it changes what is computed)::
 
@@ -39,17 +49,10 @@ from yacs.config import CfgNode as CN
 
 from slkd.errors import ConfigError
 from slkd.losses.checks import temperature_values
+from slkd.losses.sld import SLD_DEFAULTS
 
-SLD_DEFAULTS = {
-    "CE_WEIGHT": 0.1,
-    "KD_WEIGHT": 0.9,
-    "TEMPERATURES": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
-    "GAMMA": 150,
-    "TEACHER_SWAP": True,
-    "STUDENT_SWAP": True,
-    "DETACH_PSEUDO_TEACHER": False,
-    "STRONG_VIEW": True,
-}
+# SLD keys that moved to another node: key -> the key that replaced it.
+MOVED_SLD_KEYS = {"STRONG_VIEW": "PROTOCOL.VIEWS", "TEACHER_SWAP": "LOGITS.TEACHER_SWAP"}
 
 AMP_MODES = ("none", "bf16", "fp16")
 
@@ -80,10 +83,22 @@ NUMERIC_RANGES = (
 )
 
 
-
 def sld_node() -> CN:
-    """A fresh ``SLD`` node with the defaults of the released code."""
-    return CN({key: list(value) if isinstance(value, list) else value for key, value in SLD_DEFAULTS.items()})
+    """A fresh ``SLD`` node: :data:`SLD_DEFAULTS`, and the moved keys (null)."""
+    node = CN({key: list(value) if isinstance(value, tuple) else value for key, value in SLD_DEFAULTS.items()})
+    for key in MOVED_SLD_KEYS:
+        node[key] = None
+    return node
+
+
+def protocol_node() -> CN:
+    """A fresh ``PROTOCOL`` node: ``VIEWS`` null, each method's own number of views."""
+    return CN({"VIEWS": None})
+
+
+def logits_node() -> CN:
+    """A fresh ``LOGITS`` node: the methods' own teacher logits, no standardization."""
+    return CN({"TEACHER_SWAP": None, "STANDARDIZE": False})
 
 
 def slkd_node() -> CN:
@@ -107,10 +122,11 @@ def slkd_node() -> CN:
 
 
 def add_slkd_nodes(cfg: CN) -> None:
-    """Add the ``SLD`` and ``SLKD`` nodes to ``cfg`` where missing (idempotent)."""
+    """Add the ``SLD``, ``PROTOCOL``, ``LOGITS`` and ``SLKD`` nodes to ``cfg`` where missing
+    (idempotent)."""
     was_frozen = cfg.is_frozen()
     cfg.defrost()
-    for name, make in (("SLD", sld_node), ("SLKD", slkd_node)):
+    for name, make in (("SLD", sld_node), ("PROTOCOL", protocol_node), ("LOGITS", logits_node), ("SLKD", slkd_node)):
         if name not in cfg:
             setattr(cfg, name, make())
     if was_frozen:
@@ -120,6 +136,9 @@ def add_slkd_nodes(cfg: CN) -> None:
 def validate_sld(cfg: CN) -> None:
     """Raise :class:`ConfigError` for an SLD node that cannot run; warn on a useless one."""
     node = cfg.SLD
+    for key, new in MOVED_SLD_KEYS.items():
+        if node.get(key) is not None:
+            raise ConfigError(f"SLD.{key} is now {new}, one setting for every logit method: set {new} instead")
     try:
         temperature_values(node.TEMPERATURES)
     except ValueError as error:
@@ -127,12 +146,6 @@ def validate_sld(cfg: CN) -> None:
     for key in ("CE_WEIGHT", "KD_WEIGHT"):
         if not (math.isfinite(node[key]) and node[key] >= 0):
             raise ConfigError(f"SLD.{key} is {node[key]}: loss weights must be finite and not negative")
-    if node.STRONG_VIEW and cfg.SOLVER.TRAINER not in TWO_VIEW_TRAINERS:
-        raise ConfigError(
-            f"SLD.STRONG_VIEW is True but SOLVER.TRAINER {cfg.SOLVER.TRAINER!r} feeds one view per "
-            "batch: set SOLVER.TRAINER slkd (slkd's two-view trainer), or SLD.STRONG_VIEW False (the MLKD "
-            "fork's 'ours' trainer also takes two views, with the loaders of its tools/train_ours.py)"
-        )
     if node.STUDENT_SWAP and node.GAMMA >= cfg.SOLVER.EPOCHS:
         warnings.warn(
             f"SLD.GAMMA={node.GAMMA} >= SOLVER.EPOCHS={cfg.SOLVER.EPOCHS}: the pseudo-teacher "

@@ -21,6 +21,7 @@ the published numbers used.
 from __future__ import annotations
 
 from slkd.errors import ConfigError
+from slkd.host.protocol import resolve_views
 
 FAST_SETTINGS = {
     "SLKD.CUDA_GRAPHS": True,
@@ -65,9 +66,9 @@ def not_applicable(cfg, key: str, torchrun: bool) -> str | None:
 
 
 def takes_two_views(cfg) -> bool:
-    """Whether the method trains on a weak and a strong view (SLD with ``SLD.STRONG_VIEW``,
-    MLKD). Other two-view distillers (the MLKD fork's ``KD_ours``) are left to the PIL views."""
-    return (cfg.DISTILLER.TYPE == "SLD" and bool(cfg.SLD.STRONG_VIEW)) or cfg.DISTILLER.TYPE == "MLKD"
+    """Whether the method trains on a weak and a strong view (``PROTOCOL.VIEWS`` for KD, DKD,
+    MLKD, SLD). Other two-view distillers (the MLKD fork's ``KD_ours``) are left to the PIL views."""
+    return resolve_views(cfg) == 2
 
 
 def expand(cfg, explicit, torchrun: bool = False) -> list[str]:

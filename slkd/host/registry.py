@@ -83,8 +83,10 @@ def import_host() -> Host:
 def register() -> list[str]:
     """Register slkd into the importable mdistiller. Idempotent.
 
-    Adds the ``SLD`` and ``SLKD`` config nodes to ``CFG``, ``SLD`` to ``distiller_dict``,
-    ``MLKD`` there too when the host has none, slkd's trainer as ``"slkd"`` in
+    Adds the ``SLD``, ``PROTOCOL``, ``LOGITS`` and ``SLKD`` config nodes to ``CFG``, ``SLD``
+    to ``distiller_dict``, ``MLKD`` there too when the host has none, puts the wrappers of
+    :mod:`slkd.host.methods` in place of the host's ``KD`` and ``DKD`` (the host's own class,
+    unchanged, whenever ``PROTOCOL`` and ``LOGITS`` ask for nothing), slkd's trainer as ``"slkd"`` in
     ``trainer_dict``, and the other host's name of an ImageNet network the host knows under
     one name only (:data:`slkd.host.models.IMAGENET_ALIASES`), so that slkd's configs run
     under mdistiller's ``tools/train.py`` on both hosts. Raises
@@ -92,6 +94,7 @@ def register() -> list[str]:
     under one of those names. Returns the registered names.
     """
     from slkd.host.config import add_slkd_nodes
+    from slkd.host import methods
     from slkd.host.distillers import MLKD, SLD
     from slkd.host.models import IMAGENET_ALIASES
     from slkd.host.trainer import SLKDTrainer
@@ -100,6 +103,8 @@ def register() -> list[str]:
     entries = [("distiller_dict", host.distiller_dict, "SLD", SLD)]
     if not host.has_mlkd:
         entries.append(("distiller_dict", host.distiller_dict, "MLKD", MLKD))
+    for name in ("KD", "DKD"):
+        entries.append(("distiller_dict", host.distiller_dict, name, getattr(methods, name)))
     entries.append(("trainer_dict", host.trainer_dict, TRAINER_NAME, SLKDTrainer))
     networks = host.imagenet_model_dict
     for name, other in IMAGENET_ALIASES.items():
@@ -117,9 +122,12 @@ def register() -> list[str]:
 
 def _check_free(registry: dict, name: str, obj, where: str) -> None:
     """Raise :class:`RegistrationConflict` if ``name`` holds something other than ``obj``
-    (the same class reloaded, e.g. by importlib.reload, counts as ``obj``)."""
+    (the same class reloaded, e.g. by importlib.reload, counts as ``obj``, and so does the
+    host class that ``obj`` wraps)."""
     present = registry.get(name)
     if present is None or present is obj or _qualified_name(present) == _qualified_name(obj):
+        return
+    if present is getattr(obj, "host_class", None):
         return
     raise RegistrationConflict(
         f"mdistiller's {where} already has {name!r} = {_qualified_name(present)}; slkd will not "
