@@ -1,5 +1,6 @@
 """mdistiller's own tools/train.py trains SLD after the plugin patch, on both hosts."""
 
+import json
 import os
 import subprocess
 import sys
@@ -41,17 +42,22 @@ def test_patch_is_small_and_generic():
     assert sum(1 for line in text.splitlines() if line.startswith("+") and not line.startswith("+++")) < 40
 
 
-def test_mdistiller_tools_train_runs_sld_after_patch(patched_checkout, tmp_path):
-    output = tmp_path / "runs"
+def _tools_train(checkout, output, config, *opts):
+    """Run the patched checkout's tools/train.py for one epoch of 8-image batches."""
     env = dict(os.environ)
     env.pop("SLKD_MDISTILLER_PATH", None)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests" / "helpers"), str(patched_checkout), str(ROOT)])
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests" / "helpers"), str(checkout), str(ROOT)])
     command = [
-        sys.executable, "tools/train.py", "--cfg", str(CONFIG),
+        sys.executable, "tools/train.py", "--cfg", str(config),
         "SOLVER.EPOCHS", "1", "SOLVER.BATCH_SIZE", "8", "DATASET.TEST.BATCH_SIZE", "8",
-        "SLKD.LOADER.WORKERS", "0", "LOG.PREFIX", str(output),
+        "SLKD.LOADER.WORKERS", "0", "LOG.PREFIX", str(output), *opts,
     ]
-    result = subprocess.run(command, cwd=patched_checkout, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(command, cwd=checkout, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_mdistiller_tools_train_runs_sld_after_patch(patched_checkout, tmp_path):
+    output = tmp_path / "runs"
+    result = _tools_train(patched_checkout, output, CONFIG)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     runs = list(output.rglob("metrics.jsonl"))
     assert len(runs) == 1, f"expected one run folder under {output}"
@@ -59,6 +65,24 @@ def test_mdistiller_tools_train_runs_sld_after_patch(patched_checkout, tmp_path)
     for key in ('"loss_ce"', '"loss_kd"', '"teacher_swap_rate"', '"test_acc"'):
         assert key in line
     assert (runs[0].parent / "latest").is_file()
+
+
+def test_tools_train_runs_the_hosts_kd_on_two_views_with_standardized_logits(patched_checkout, tmp_path):
+    """PROTOCOL and LOGITS under mdistiller's own tools/train.py: the host's KD config, run
+    by slkd's trainer on two views, its loss through the host's kd_loss on z-scored logits."""
+    output = tmp_path / "runs"
+    config = patched_checkout / "configs" / "cifar100" / "kd.yaml"
+    result = _tools_train(patched_checkout, output, config, "LOG.WANDB", "False", "SOLVER.TRAINER", "slkd", "PROTOCOL.VIEWS", "2", "LOGITS.STANDARDIZE", "True")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads(next(output.rglob("summary.json")).read_text())
+    assert summary["views"] == 2
+    assert '"loss_kd"' in next(output.rglob("metrics.jsonl")).read_text()
+
+
+def test_tools_train_stops_on_a_moved_sld_key_naming_the_new_one(patched_checkout, tmp_path):
+    result = _tools_train(patched_checkout, tmp_path / "runs", CONFIG, "SLD.STRONG_VIEW", "False")
+    assert result.returncode != 0
+    assert "SLD.STRONG_VIEW is now PROTOCOL.VIEWS" in result.stderr
 
 
 def test_unpatched_tools_train_does_not_know_sld(host, tmp_path):

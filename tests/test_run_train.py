@@ -500,3 +500,32 @@ def test_python_m_cuda_without_gpu_is_one_line(host, tmp_path):
         pytest.skip("a GPU is visible: --device cuda is valid here")
     line = _python_m_error(tmp_path, ["--cfg", RES8X4, "--device", "cuda"])
     assert line.startswith("slkd-train: error: --device cuda was asked for but torch sees no GPU here")
+
+
+# --------------------------------------------------------------------------- PROTOCOL and LOGITS
+@pytest.mark.host
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        (["SLD.STRONG_VIEW", "False"], "SLD.STRONG_VIEW is now PROTOCOL.VIEWS"),
+        (["SLD.TEACHER_SWAP", "False"], "set LOGITS.TEACHER_SWAP instead"),
+        (["DISTILLER.TYPE", "MLKD", "PROTOCOL.VIEWS", "1"], "MLKD is two-view by construction"),
+        (["PROTOCOL.VIEWS", "3"], "PROTOCOL.VIEWS is 3: choose 1"),
+    ],
+)
+def test_bad_protocol_is_one_line_before_anything_runs(host, in_tmp, capsys, override, fragment):
+    line = _one_line_error(capsys, _main(SMOKE + override))
+    assert fragment in line
+
+
+@pytest.mark.host
+def test_kd_with_swap_and_standardization_trains_on_two_views(host, in_tmp, capsys):
+    """KD (the host's kd_loss, through slkd.host.methods) at PROTOCOL.VIEWS 2 with both logit
+    transforms: slkd's trainer feeds it two views and records them."""
+    code = _main(SMOKE + ["DISTILLER.TYPE", "KD", "PROTOCOL.VIEWS", "2", "LOGITS.TEACHER_SWAP", "True", "LOGITS.STANDARDIZE", "True"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-2000:]
+    summary = json.loads(next(Path("output").rglob("summary.json")).read_text())
+    assert summary["views"] == 2
+    metrics = [json.loads(line) for line in next(Path("output").rglob("metrics.jsonl")).read_text().splitlines()]
+    assert len(metrics) == 2 and all(math.isfinite(m["loss_kd"]) and m["loss_kd"] > 0 for m in metrics)

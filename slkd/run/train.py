@@ -87,6 +87,7 @@ def _check_no_flag_in_overrides(opts) -> None:
 def build_config(args, host_cfg):
     """The merged, validated config for ``args``."""
     from slkd.host.config import load_config, validate_run_options, validate_sld, validate_trainer
+    from slkd.host.protocol import validate_protocol
     from slkd.shipped import resolve_config
 
     cfg = load_config(host_cfg, resolve_config(args.cfg) if args.cfg else None, list(args.opts))
@@ -123,6 +124,7 @@ def build_config(args, host_cfg):
         _shrink_for_smoke(cfg)
     if cfg.DISTILLER.TYPE == "SLD":
         validate_sld(cfg)
+    validate_protocol(cfg)
     cfg.freeze()
     return cfg
 
