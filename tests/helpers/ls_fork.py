@@ -1,30 +1,21 @@
 """The logit-standardization fork's distillers (sunshangquan/logit-standardization-KD), loaded
-from ``$SLKD_LS_FORK_PATH`` as a private package beside whichever mdistiller the tests run on,
-as a test oracle; tests skip, saying how to get it, when it is absent."""
+from ``$SLKD_LS_FORK_PATH`` (:mod:`tests.helpers.hosts`) as a private package beside whichever
+mdistiller the tests run on, as a test oracle."""
 
 import importlib.util
-import os
 import sys
 import types
-from pathlib import Path
 
-import pytest
+from tests.helpers.hosts import LS_FORK, checkout
 
-ENV = "SLKD_LS_FORK_PATH"
 PACKAGE = "_ls_fork_distillers"
 
 
 def ls_fork_distillers() -> types.SimpleNamespace:
-    """The fork's ``KD``, ``DKD`` and ``MLKD`` modules, or skip with the reason."""
-    root = Path(os.environ.get(ENV, "/work/shared/hosts/ls-fork")) / "mdistiller" / "distillers"
-    if not (root / "KD.py").is_file():
-        pytest.skip(
-            f"the logit-standardization fork is not at {root.parent.parent}: set {ENV} to a checkout "
-            "of https://github.com/sunshangquan/logit-standardization-KD"
-        )
-    from slkd.host.registry import _allow_import_without_tk
-
-    _allow_import_without_tk()  # its MLKD.py imports turtle, unused
+    """The fork's ``KD``, ``DKD`` and ``MLKD`` modules; skips naming the variable without it."""
+    root = checkout(LS_FORK, needs="mdistiller/distillers/KD.py") / "mdistiller" / "distillers"
+    # its MLKD.py imports turtle, unused: the tests' host fixture (slkd.host.registry.import_host)
+    # has put a placeholder in place where Tk is missing
     if PACKAGE not in sys.modules:
         package = types.ModuleType(PACKAGE)
         package.__path__ = [str(root)]
