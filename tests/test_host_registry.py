@@ -23,7 +23,7 @@ needs_host = pytest.mark.host  # only the tests that take the ``host`` fixture
 
 ISSUE_SLD_NODE = {**SLD_NODE, **dict.fromkeys(MOVED_SLD_KEYS)}  # the moved keys hold null
 
-SLKD_RUN_KEYS = {"SEED", "DETERMINISTIC", "AMP", "CHANNELS_LAST", "SYNC_BN", "FUSED_LOSS", "CUDA_GRAPHS", "DEVICE_VIEWS", "EVAL_FREQ", "LOADER"}
+SLKD_RUN_KEYS = {"SEED", "DETERMINISTIC", "AMP", "CHANNELS_LAST", "SYNC_BN", "FUSED_LOSS", "CUDA_GRAPHS", "DEVICE_VIEWS", "FAST", "EVAL_FREQ", "LOADER"}
 
 
 # --------------------------------------------------------------------------- with a host
