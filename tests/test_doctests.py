@@ -4,11 +4,12 @@ import doctest
 
 import pytest
 
-from slkd.losses import mlkd, sld
+from slkd.losses import logits, mlkd, sld
 
 EXAMPLES = {
     sld: {"swap_logits", "sld_terms", "sld_loss", "SLDLoss"},
     mlkd: {"kd_term", "class_consistency", "batch_consistency", "mlkd_losses"},
+    logits: {"standardize_logits", "transform_logits"},
 }
 
 

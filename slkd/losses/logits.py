@@ -17,18 +17,14 @@ shape ``(N,)``.
 ``Z`` commutes with the swap (mean and standard deviation do not depend on the order of a
 row, and ``Z`` acts on each entry alone), so ``Z(swap(t, y)) = swap(Z(t), y)`` and the order
 of the two transforms does not matter.
-
->>> import torch
->>> from slkd.losses.logits import standardize_logits
->>> row = standardize_logits(torch.tensor([[1.0, 2.0, 3.0]]))
->>> [round(v, 4) for v in row[0].tolist()]
-[-1.0, 0.0, 1.0]
 """
 
 from __future__ import annotations
 
 import torch
 
+from slkd.errors import LossInputError
+from slkd.losses.checks import check_logits, check_same_device, check_same_shape
 from slkd.losses.sld import swap_logits
 
 __all__ = ["STANDARDIZE_EPS", "standardize_logits", "transform_logits"]
@@ -47,13 +43,18 @@ def standardize_logits(logits: torch.Tensor, eps: float = STANDARDIZE_EPS) -> to
     Returns:
         ``(N, C)`` tensor of ``logits``'s dtype; each row has mean 0 and (for ``eps = 0``)
         Bessel-corrected standard deviation 1. Differentiable.
+
+    >>> import torch
+    >>> from slkd.losses.logits import standardize_logits
+    >>> row = standardize_logits(torch.tensor([[1.0, 2.0, 3.0], [10.0, 20.0, 30.0]]))
+    >>> [round(v, 4) for v in row[1].tolist()]
+    [-1.0, 0.0, 1.0]
     """
-    if logits.dim() != 2 or not logits.is_floating_point():
-        raise ValueError(f"logits must be a 2-d floating tensor (batch, classes), got {logits.dtype} of shape {tuple(logits.shape)}")
+    check_logits("logits", logits)
     if logits.shape[1] < 2:
-        raise ValueError(f"standardizing needs at least 2 classes per row, got shape {tuple(logits.shape)}")
+        raise LossInputError(f"standardizing needs at least 2 classes per row (one has no spread), got shape {tuple(logits.shape)}")
     if not eps >= 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+        raise LossInputError(f"eps must be a number >= 0, got {eps}")
     mean = logits.mean(dim=1, keepdim=True)
     std = logits.std(dim=1, keepdim=True)
     return (logits - mean) / (eps + std)
@@ -81,12 +82,17 @@ def transform_logits(
 
     Returns:
         ``(student, teacher)``, ``(N, C)`` each; the inputs themselves when both are off.
+
+    >>> import torch
+    >>> from slkd.losses.logits import transform_logits
+    >>> student, teacher = torch.tensor([[0.0, 1.0, 2.0]]), torch.tensor([[3.0, 1.0, 2.0]])
+    >>> _, swapped = transform_logits(student, teacher, torch.tensor([2]), swap=True)
+    >>> swapped.tolist()  # the label (2) now holds the top logit
+    [[2.0, 1.0, 3.0]]
     """
-    if teacher_logits.shape != student_logits.shape:
-        raise ValueError(
-            f"teacher logits have shape {tuple(teacher_logits.shape)} but student logits "
-            f"{tuple(student_logits.shape)}: they must predict the same classes"
-        )
+    check_logits("student_logits", student_logits)
+    check_same_shape("teacher_logits", teacher_logits, "student_logits", student_logits)
+    check_same_device("student_logits", student_logits, teacher_logits=teacher_logits, target=target)
     if swap:
         teacher_logits = swap_logits(teacher_logits, target)
     if standardize:
