@@ -15,7 +15,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "sld_speed.py"
+SCRIPT = ROOT / "benchmarks" / "sld_speed.py"  # the command line of the package benchmarks/speed/
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import speed.cli  # noqa: E402  (found on the path above, as sld_speed.py finds it)
+import speed.fast_check  # noqa: E402
 SECTIONS = ("loss", "step", "sync", "loader", "epoch-estimate")
 HOST_SECTIONS = ("step", "loader", "epoch-estimate")
 LOSS_IMPLS = ("literal", "stacked-autograd", "slkd")
@@ -145,19 +149,9 @@ def test_unknown_sub_benchmark_is_a_usage_error(tmp_path):
     assert "bogus" in proc.stderr
 
 
-def load_script():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("sld_speed_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_placeholder_modules_stand_in_only_while_loading():
-    script = load_script()
     name = "slkd_no_such_module_for_test"
-    with script.placeholder_modules({name: ["CEOL"], "os": ["path"]}) as stubbed:
+    with speed.host.placeholder_modules({name: ["CEOL"], "os": ["path"]}) as stubbed:
         assert stubbed == [name]
         assert sys.modules[name].CEOL is None
         assert sys.modules["os"] is os
@@ -165,11 +159,10 @@ def test_placeholder_modules_stand_in_only_while_loading():
 
 
 def test_card_names_for_result_files():
-    script = load_script()
-    assert script.card_slug("NVIDIA H100 80GB HBM3", "cuda") == "h100"
-    assert script.card_slug("NVIDIA H200", "cuda") == "h200"
-    assert script.card_slug("AMD EPYC", "cpu") == "cpu"
-    assert script.card_slug("Some Future GPU", "cuda") == "some-future-gpu"
+    assert speed.record.card_slug("NVIDIA H100 80GB HBM3", "cuda") == "h100"
+    assert speed.record.card_slug("NVIDIA H200", "cuda") == "h200"
+    assert speed.record.card_slug("AMD EPYC", "cpu") == "cpu"
+    assert speed.record.card_slug("Some Future GPU", "cuda") == "some-future-gpu"
 
 
 def test_out_folder_names_the_files_by_card_and_date(tmp_path):
@@ -185,22 +178,19 @@ def test_out_folder_names_the_files_by_card_and_date(tmp_path):
 
 @pytest.mark.host
 def test_opt_in_modes_run_through_every_section(tmp_path, monkeypatch, host):
-    """The fused-loss and CUDA-graph rows are timed on GPUs only; here they run on the CPU
-    (the fused kernels in Triton's interpreter, graphs through tests/helpers/graphs.py) so
-    that a lent GPU's minutes are not lost to a broken code path."""
-    import importlib.util
-
+    """The fused-loss, CUDA-graph and --fast rows are timed on GPUs only; here they run on the
+    CPU (the fused kernels in Triton's interpreter, graphs through tests/helpers/graphs.py,
+    --fast's refusal of a CPU lifted) so that a lent GPU's minutes are not lost to a broken
+    code path."""
     from tests.helpers.graphs import ReplayBackend, replay_graphs_in_trainer
 
-    spec = importlib.util.spec_from_file_location("sld_speed_modes", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    monkeypatch.setattr(bench, "fast_modes", lambda cuda: (["fused", "graphs"], ""))
+    monkeypatch.setattr(speed.common, "fast_modes", lambda cuda: (["fused", "graphs", "fast"], ""))
+    monkeypatch.setattr("slkd.host.fast.check", lambda cfg, device_type: None)
     replay_graphs_in_trainer(monkeypatch)
-    monkeypatch.setattr(bench, "graph_backend", lambda device: ReplayBackend())
+    monkeypatch.setattr(speed.loss, "graph_backend", lambda device: ReplayBackend())
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "modes.json"
-    assert bench.main(["--quick", "--device", "cpu", "--precisions", "fp32,bf16,fp16", "--only", "loss,step,epoch-estimate", "--out", str(out)]) == 0
+    assert speed.cli.main(["--quick", "--device", "cpu", "--precisions", "fp32,bf16,fp16", "--only", "loss,step,epoch-estimate", "--out", str(out)]) == 0
     record = json.loads(out.read_text())
     loss = record["sections"]["loss"]
     assert {row["impl"] for row in loss["results"]} >= {"slkd", "slkd-fused", "slkd-fused-graph"}
@@ -213,12 +203,18 @@ def test_opt_in_modes_run_through_every_section(tmp_path, monkeypatch, host):
     variants = {(row["variant"], row["precision"]) for row in step["results"]}
     assert {("slkd-fused", "fp32"), ("slkd-graphs", "fp32"), ("slkd-graphs", "bf16"), ("slkd-graphs", "fp16"), ("ce-only-graphs", "fp32")} <= variants
     assert ("slkd-fused", "fp16") not in variants  # host-bound as eager fp16 is: not worth a lent GPU's time
+    assert {("slkd-fast", "bf16-cl")} <= variants and {"slkd-fast_vs_slkd_eager_epoch1", "slkd-fast_vs_released_epoch200"} <= step["ratios"].keys()
     assert {"slkd-graphs_vs_ce_only_epoch200", "slkd-graphs_bf16_vs_fp32", "slkd-graphs_fp16_vs_fp32"} <= step["ratios"].keys()
     ops = {(row["variant"], row["precision"], row["epoch"]): row["torch_ops"] for row in step["results"]}
     assert ops[("slkd", "fp32", 200)] > ops[("ce-only", "fp32", 200)] > 0  # the loss's ops on top
     estimate = record["sections"]["epoch-estimate"]
     assert estimate["status"] == "ok" and estimate["modes"]["graphs"]["minutes"] > 0
+    fast = estimate["modes"]["fast"]  # fed by its device views, evaluated in bf16 + channels_last
+    assert fast["minutes"] > 0 and fast["x_device_memory"] == fast["iteration_ms"] / fast["device_memory_iteration_ms"]
+    assert fast["loader_workers"] >= 0 and fast["eval_seconds_per_10000"] > 0
     names = [target["target"] for target in record["targets"]]
+    assert any(name.startswith("8. --fast epoch fed by its device views") for name in names)
+    assert any(name.startswith("9. 240-epoch res32x4 -> resnet8x4 SLD run with --fast") for name in names)
     assert any("slkd-graphs" in name for name in names) and any("graphs + fused loss" in name for name in names)
     assert any(name.startswith("3. step (slkd-graphs): fp16") for name in names), names
 
@@ -228,10 +224,9 @@ def test_ce_only_baseline_runs_the_networks_as_sld_does(tmp_path, host):
     """Target 2 compares SLD's step with the same step less the distillation loss: the
     baseline must make the same network calls (the teacher's one pass over both views
     included), or the ratio measures the networks instead of the loss."""
-    script = load_script()
-    settings = script.Settings(script.parse_args(["--quick", "--device", "cpu"]))
+    settings = speed.common.Settings(speed.cli.parse_args(["--quick", "--device", "cpu"]))
     settings.workdir = str(tmp_path)
-    bench = script.Bench(settings, host, {})
+    bench = speed.host.Bench(settings, host, {})
     calls = {}
     for kind in ("SLD", "CE"):
         trainer = bench.trainer(kind)
@@ -240,7 +235,7 @@ def test_ce_only_baseline_runs_the_networks_as_sld_does(tmp_path, host):
             getattr(trainer.distiller, role).register_forward_hook(
                 lambda module, inputs, output, role=role: seen.append((role, tuple(inputs[0].shape)))
             )
-        bench.trainer_step(trainer, script.EPOCH_ON)()
+        bench.trainer_step(trainer, speed.common.EPOCH_ON)()
         calls[kind] = seen
     batch = settings.batch
     assert calls["SLD"] == [("student", (batch, 3, 32, 32))] * 2 + [("teacher", (2 * batch, 3, 32, 32))]
@@ -250,15 +245,14 @@ def test_ce_only_baseline_runs_the_networks_as_sld_does(tmp_path, host):
 @pytest.mark.host
 def test_a_run_cut_short_keeps_its_finished_sections(tmp_path, monkeypatch, host):
     """A GPU call can hit its time limit: the record is rewritten after every section."""
-    script = load_script()
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # what a time limit's signal looks like to the sections after
 
-    monkeypatch.setattr(script, "bench_step", killed)
+    monkeypatch.setattr(speed.step, "bench_step", killed)
     out = tmp_path / "partial.json"
     with pytest.raises(KeyboardInterrupt):
-        script.main(["--quick", "--device", "cpu", "--only", "loss,step", "--out", str(out)])
+        speed.cli.main(["--quick", "--device", "cpu", "--only", "loss,step", "--out", str(out)])
     record = json.loads(out.read_text())
     assert record["complete"] is False and list(record["sections"]) == ["loss"]
     assert record["sections"]["loss"]["status"] == "ok"
@@ -274,12 +268,11 @@ def test_sync_check_with_graphs_covers_replays_only(tmp_path, monkeypatch, host)
     from slkd.host import graphs
     from tests.helpers.graphs import replay_graphs_in_trainer
 
-    script = load_script()
     replay_graphs_in_trainer(monkeypatch, warmup_steps=graphs.WARMUP_STEPS)
-    settings = script.Settings(script.parse_args(["--quick", "--device", "cpu", "--precisions", "fp32"]))
+    settings = speed.common.Settings(speed.cli.parse_args(["--quick", "--device", "cpu", "--precisions", "fp32"]))
     settings.workdir = str(tmp_path)
     settings.fast_modes = ["graphs"]
-    bench = script.Bench(settings, host, {})
+    bench = speed.host.Bench(settings, host, {})
     trainer_of_step = {}
     make_step = bench.trainer_step
 
@@ -297,8 +290,8 @@ def test_sync_check_with_graphs_covers_replays_only(tmp_path, monkeypatch, host)
             states.append(any(signature[0] == step_graphs.key for signature in step_graphs.captured))
         return {"passed": True, "error": None, "where": None, "steps_done": steps}
 
-    monkeypatch.setattr(script, "run_under_sync_error", checked)
-    section = script.bench_sync(settings, script.Timer(settings.device), {}, bench)
+    monkeypatch.setattr(speed.sync, "run_under_sync_error", checked)
+    section = speed.sync.bench_sync(settings, speed.common.Timer(settings.device), {}, bench)
     assert {check["variant"] for check in section["results"]} >= {"slkd", "slkd-graphs"}
     assert states == [True] * 4  # fp32 and bf16, pseudo-teacher off and on
 
@@ -306,38 +299,35 @@ def test_sync_check_with_graphs_covers_replays_only(tmp_path, monkeypatch, host)
 @pytest.mark.host
 def test_loader_section_times_fewer_workers_than_the_default(tmp_path, monkeypatch, host):
     """Target 5 asks for loader defaults sized to the machine: the section times slkd's loader
-    with its default workers, half of them and four, each over a whole timed epoch."""
+    with its default workers, half of them and four (15, 7 and 4 on a 16-core machine), each
+    over a whole timed epoch, and the same step fed by the device views."""
     from slkd.host import data
 
-    script = load_script()
     monkeypatch.setattr(data, "auto_workers", lambda world_size=1: 5)
-    settings = script.Settings(script.parse_args(["--quick", "--device", "cpu", "--loader-iters", "3"]))
+    settings = speed.common.Settings(speed.cli.parse_args(["--quick", "--device", "cpu", "--loader-iters", "3"]))
     settings.workdir = str(tmp_path)
-    bench = script.Bench(settings, host, {})
-    section = script.bench_loader(settings, script.Timer(settings.device), {}, bench)
+    bench = speed.host.Bench(settings, host, {})
+    section = speed.loader.bench_loader(settings, speed.common.Timer(settings.device), {}, bench)
     workers = [(row["feed"], row["workers"]) for row in section["results"]]
     assert workers == [
         ("device memory (no loader)", None),
         ("slkd train_loader", 5),
         ("slkd train_loader, 4 workers", 4),
         ("slkd train_loader, 2 workers", 2),
+        ("device views (SLKD.DEVICE_VIEWS), workers drawing", 5),
         ("mdistiller-style DataLoader (2 workers, no pinning, not persistent)", 2),
     ]
-    assert all(row["seconds"] > 0 for row in section["results"])
+    assert all(row["seconds"] > 0 and row["images_per_s"] == 3 * settings.batch / row["seconds"] for row in section["results"])
     assert section["ratio"] == section["results"][1]["seconds"] / section["results"][0]["seconds"]
+    assert section["ratio_device_views"] == section["results"][-2]["seconds"] / section["results"][0]["seconds"]
     views = section["views"]
     assert views["batch"] == settings.batch and views["views_speedup_per_core"] > 0
-    assert "CIFAR-100 two views" in script.loader_tables(section)
+    assert "CIFAR-100 two views" in speed.loader.loader_tables(section)
 
 
 def test_views_speed_records_both_rates_per_core_and_their_ratio():
     """The views target: device views / PIL two views, images per second per core."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("views_speed_under_test", ROOT / "benchmarks" / "views_speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    record = module.measure_views(batch=8, batches=2, rounds=2, threads=1)
+    record = speed.loader.measure_views(batch=8, batches=2, rounds=2, threads=1)
     assert record["views_speedup_per_core"] == record["device_views_images_per_s_per_core"] / record["pil_images_per_s_per_core"]
     assert record["pil_workers"] == record["device_views_threads"] == 1 and "per second divided by the cores" in record["per_core"]
     assert record["images_per_round"] == 16 and len(record["seconds_per_round"]) == 2
@@ -345,13 +335,12 @@ def test_views_speed_records_both_rates_per_core_and_their_ratio():
 
 
 def test_views_target_needs_three_times_the_images_per_core_on_cpu():
-    script = load_script()
-    settings = script.Settings(script.parse_args(["--device", "cpu"]))
+    settings = speed.common.Settings(speed.cli.parse_args(["--device", "cpu"]))
     record = {"facts": {"cpu_count": 2}, "sections": {"loader": {"status": "ok", "ratio": 2.0, "views": {"views_speedup_per_core": 2.9}}}}
-    verdicts = {row["target"][:2]: row["verdict"] for row in script.targets(record, settings)}
+    verdicts = {row["target"][:2]: row["verdict"] for row in speed.record.targets(record, settings)}
     assert verdicts["7."] == "FAIL"
     record["sections"]["loader"]["views"]["views_speedup_per_core"] = 3.0
-    assert {row["target"][:2]: row["verdict"] for row in script.targets(record, settings)}["7."] == "PASS"
+    assert {row["target"][:2]: row["verdict"] for row in speed.record.targets(record, settings)}["7."] == "PASS"
 
 
 @pytest.mark.host
@@ -361,7 +350,6 @@ def test_interleaved_step_timing_keeps_each_graph_trainer_on_one_epoch(tmp_path,
     trainer, or every interleaved step would record its graph again."""
     from tests.helpers.graphs import ReplayBackend, replay_graphs_in_trainer
 
-    script = load_script()
     backends = []
 
     def new_backend(cfg):
@@ -369,10 +357,10 @@ def test_interleaved_step_timing_keeps_each_graph_trainer_on_one_epoch(tmp_path,
         return backends[-1]
 
     replay_graphs_in_trainer(monkeypatch, new_backend)
-    settings = script.Settings(script.parse_args(["--quick", "--device", "cpu", "--precisions", "fp32", "--iters", "4", "--warmup", "2"]))
+    settings = speed.common.Settings(speed.cli.parse_args(["--quick", "--device", "cpu", "--precisions", "fp32", "--iters", "4", "--warmup", "2"]))
     settings.workdir = str(tmp_path)
     settings.fast_modes = ["graphs"]
-    section = script.bench_step(settings, script.Timer(settings.device), {}, script.Bench(settings, host, {}))
+    section = speed.step.bench_step(settings, speed.common.Timer(settings.device), {}, speed.host.Bench(settings, host, {}))
     timed = {(row["variant"], row["epoch"]) for row in section["results"]}
     assert {("slkd-graphs", 1), ("slkd-graphs", 200), ("ce-only-graphs", 200)} <= timed
     assert len(backends) == 3 and [backend.captures for backend in backends] == [1, 1, 1]
@@ -420,7 +408,6 @@ def test_sync_check_covers_fp16_with_its_scaler(tmp_path, monkeypatch, host):
     scaler need not read its inf flag on the host, and the check finds out on a GPU."""
     from tests.helpers.graphs import replay_graphs_in_trainer
 
-    script = load_script()
     replay_graphs_in_trainer(monkeypatch)
     checked = []
 
@@ -428,11 +415,11 @@ def test_sync_check_covers_fp16_with_its_scaler(tmp_path, monkeypatch, host):
         checked.append(step)
         return {"passed": True, "error": None, "where": None, "steps_done": steps}
 
-    monkeypatch.setattr(script, "run_under_sync_error", recorded)
-    settings = script.Settings(script.parse_args(["--quick", "--device", "cpu"]))
+    monkeypatch.setattr(speed.sync, "run_under_sync_error", recorded)
+    settings = speed.common.Settings(speed.cli.parse_args(["--quick", "--device", "cpu"]))
     settings.workdir = str(tmp_path)
     settings.fast_modes = ["fused", "graphs"]
-    section = script.bench_sync(settings, script.Timer(settings.device), {}, script.Bench(settings, host, {}))
+    section = speed.sync.bench_sync(settings, speed.common.Timer(settings.device), {}, speed.host.Bench(settings, host, {}))
     runs = [(check["variant"], check["precision"]) for check in section["results"]]
     assert {("slkd", "fp16"), ("slkd-fused", "fp16"), ("slkd-graphs", "fp16")} <= set(runs), runs
     assert runs[-1][0].startswith("released-literal")  # the control still closes the section
@@ -450,18 +437,78 @@ def test_a_step_that_cannot_be_recorded_costs_its_own_rows_only(tmp_path, monkey
         def capture(self, run):
             raise graphs.StepCaptureError("SLKD.CUDA_GRAPHS could not record the training step (stand-in)")
 
-    script = load_script()
     replay_graphs_in_trainer(monkeypatch, lambda cfg: Unrecordable() if cfg.SLKD.AMP == "fp16" else ReplayBackend())
-    monkeypatch.setattr(script, "run_under_sync_error", lambda step, steps: {"passed": True, "error": None, "where": None, "steps_done": steps})
-    settings = script.Settings(script.parse_args(["--quick", "--device", "cpu", "--precisions", "fp32,fp16", "--iters", "2", "--warmup", "1"]))
+    monkeypatch.setattr(speed.sync, "run_under_sync_error", lambda step, steps: {"passed": True, "error": None, "where": None, "steps_done": steps})
+    settings = speed.common.Settings(speed.cli.parse_args(["--quick", "--device", "cpu", "--precisions", "fp32,fp16", "--iters", "2", "--warmup", "1"]))
     settings.workdir = str(tmp_path)
     settings.fast_modes = ["graphs"]
-    step = script.bench_step(settings, script.Timer(settings.device), {}, script.Bench(settings, host, {}))
+    step = speed.step.bench_step(settings, speed.common.Timer(settings.device), {}, speed.host.Bench(settings, host, {}))
     timed = {(row["variant"], row["precision"]) for row in step["results"]}
     assert ("slkd-graphs", "fp32") in timed and ("slkd", "fp16") in timed and ("slkd-graphs", "fp16") not in timed
     assert any(note.startswith("slkd-graphs fp16 epoch 200: not timed") for note in step["notes"]), step["notes"]
     assert "slkd-graphs_fp16_vs_fp32" not in step["ratios"] and "slkd_fp16_vs_fp32" in step["ratios"]
-    sync = script.bench_sync(settings, script.Timer(settings.device), {}, script.Bench(settings, host, {}))
+    sync = speed.sync.bench_sync(settings, speed.common.Timer(settings.device), {}, speed.host.Bench(settings, host, {}))
     scored = {(check["variant"], check["precision"]): check for check in sync["results"]}
     assert not scored[("slkd-graphs", "fp16")]["passed"] and "not recorded" in scored[("slkd-graphs", "fp16")]["error"]
     assert scored[("slkd-graphs", "fp32")]["passed"] and scored[("slkd", "fp16")]["passed"]
+
+
+def _bench_run(folder, seed, rates, losses=(4.0, 3.5, 3.1)):
+    run = folder / "res32x4_res8x4" / "SLD" / f"seed{seed}"
+    run.mkdir(parents=True)
+    rows = [{"epoch": epoch, "images_per_second": rate, "train_images": 6400, "train_seconds": 6400 / rate, "train_loss": loss} for epoch, (rate, loss) in enumerate(zip(rates, losses), 1)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def test_gpu_fast_check_summary_judges_issue_17s_targets(tmp_path):
+    """benchmarks/speed/fast_check.py sums up gpu_fast_check.sh from its files: the --fast
+    estimate, the fp16 graphs sync row, and four parallel runs' epoch 2 against one run's."""
+    record = {
+        "sections": {
+            "sync": {"status": "ok", "control_detected": True, "results": [
+                {"variant": "slkd-graphs", "precision": "fp16", "passed": False, "error": "RuntimeError: called a synchronizing CUDA operation", "where": ["a.py:1 f", "b.py:2 g"]},
+            ]},
+            "epoch-estimate": {"status": "ok", "modes": {"fast": {"x_device_memory": 1.04, "minutes": 15.5}}},
+        }
+    }  # fmt: skip
+    (tmp_path / "sld_speed.json").write_text(json.dumps(record))
+    (tmp_path / "machine.json").write_text(json.dumps({"device": "cuda", "device_name": "NVIDIA H200", "card": "h200"}))
+    _bench_run(tmp_path / "bench_one", 0, (9000.0, 16000.0, 16000.0))
+    for seed, rate in enumerate((10000.0, 10000.0, 12000.0, 10000.0)):
+        _bench_run(tmp_path / "bench_four", seed, (5000.0, rate, rate), losses=(4.0, 3.9, 4.2) if seed == 3 else (4.0, 3.5, 3.1))
+    summary = speed.fast_check.summarize(tmp_path, "OUT=x bash benchmarks/gpu_fast_check.sh")
+    verdicts = {name[:2]: target["verdict"] for name, target in summary["targets"].items()}
+    assert verdicts == {"1.": "PASS", "2.": "FAIL", "3.": "PASS", "4.": "FAIL", "5.": "FAIL"}
+    assert summary["parallel"]["speedup"] == pytest.approx(42000 / 16000)  # epoch 2's rates summed
+    assert summary["parallel"]["speedup_lower_bound"] == pytest.approx(4 * 6400 / (6400 / 10000) / 16000)
+    assert summary["targets"]["4. fp16 with CUDA graphs: no host-device sync"]["note"] == "RuntimeError: called a synchronizing CUDA operation at b.py:2 g < a.py:1 f"
+    assert not summary["training"]["four/seed3"]["falling"] and summary["training"]["one/seed0"]["falling"]
+    assert summary["card"] == "h200" and "gpu_fast_check.sh" in speed.fast_check.markdown(summary)
+
+
+def test_gpu_fast_check_summary_says_what_did_not_run(tmp_path):
+    summary = speed.fast_check.summarize(tmp_path, "cmd")
+    assert {target["verdict"] for target in summary["targets"].values()} == {"n.a."}
+    notes = [target["note"] for target in summary["targets"].values()]
+    assert notes[0].startswith("epoch-estimate section missing") and "the single run has no epoch 2" in notes[2]
+    assert notes[4] == "no run's metrics found"
+
+
+@pytest.mark.host
+def test_gpu_fast_check_script_parses_and_its_commands_are_accepted(tmp_path, capsys, host):
+    """benchmarks/gpu_fast_check.sh runs on a lent GPU only: its syntax and the command lines
+    it gives sld_speed.py and slkd-bench are checked here (DEVICE=cpu QUICK=1 runs it all)."""
+    from slkd.bench.cli import main as bench_main
+
+    script = ROOT / "benchmarks" / "gpu_fast_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text()
+    assert "--only sync,epoch-estimate" in text and "--precisions fp32,fp16" in text and "--parallel 4" in text
+    args = speed.cli.parse_args(["--device", "cpu", "--compile", "off", "--only", "sync,epoch-estimate", "--precisions", "fp32,fp16"])
+    assert args.sections == ["sync", "epoch-estimate"] and args.precisions == ["fp32", "fp16"]
+    argv = ["run", "--dry-run", "--pair", "res32x4_res8x4", "--methods", "SLD", "--synthetic", "64000", "--epochs", "3",
+            "--set", "SLKD.EVAL_FREQ", "100", "--set", "SLD.GAMMA", "1", "--device", "cuda", "--fast",
+            "--out", str(tmp_path), "--seeds", "0,1,2,3", "--parallel", "4"]  # fmt: skip
+    assert bench_main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("SLKD.FAST True (--fast)") == 4 and out.count("SLKD.AMP 'bf16' (--fast)") == 4

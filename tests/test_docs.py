@@ -38,8 +38,6 @@ OUTSIDE = {
 
 # Files whose citations another change is moving; each must still hold one (else drop it here).
 PENDING = {
-    "benchmarks/sld_speed.py": "being split into benchmarks/speed/, which cites docs/method.md",
-    "benchmarks/views_speed.py": "moves with benchmarks/sld_speed.py",
     "benchmarks/loss_host_time.py": "moves with benchmarks/sld_speed.py",
 }
 
