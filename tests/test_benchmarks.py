@@ -512,3 +512,12 @@ def test_gpu_fast_check_script_parses_and_its_commands_are_accepted(tmp_path, ca
     assert bench_main(argv) == 0
     out = capsys.readouterr().out
     assert out.count("SLKD.FAST True (--fast)") == 4 and out.count("SLKD.AMP 'bf16' (--fast)") == 4
+
+
+def test_gpu_fast_check_summary_of_a_cpu_dry_run_says_so_once(tmp_path):
+    (tmp_path / "machine.json").write_text(json.dumps({"device": "cpu", "device_name": "AMD EPYC", "card": "cpu"}))
+    _bench_run(tmp_path / "bench_one", 0, (1.0, 1.0))
+    for seed in range(4):
+        _bench_run(tmp_path / "bench_four", seed, (1.0, 1.0))
+    targets = speed.fast_check.summarize(tmp_path, "cmd")["targets"]
+    assert all(target["note"].count("a CPU dry run") == 1 for target in targets.values()), targets

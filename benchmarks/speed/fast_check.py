@@ -141,7 +141,7 @@ def summarize(out: Path, command: str) -> dict:
     targets["5. the --fast runs train (finite, falling loss)"] = {"measured": trains if health else None, "verdict": ("PASS" if trains else "FAIL") if health else "n.a.", "note": "" if health else "no run's metrics found"}
     if cpu:
         for target in targets.values():
-            if target["verdict"] != "n.a.":
+            if why_cpu not in target["note"]:
                 target["note"] = (target["note"] + "; " if target["note"] else "") + why_cpu
     return {
         "schema": "slkd-gpu-fast-check/1",
@@ -172,9 +172,9 @@ def markdown(summary: dict) -> str:
         lines.append(f"| {name} | {shown} | {bound} | {target['verdict']} | {target['note']} |")
     parallel = summary["parallel"]
     if "speedup" in parallel:
-        lines += ["", f"Epoch {parallel['epoch']}: one run alone {parallel['one_run_images_per_s']:.0f} images/s; four at once "
-                  + ", ".join(f"{rate:.0f}" for rate in parallel["four_runs_images_per_s"])
-                  + f" images/s (sum {parallel['four_runs_total_images_per_s']:.0f}; lower bound {parallel['speedup_lower_bound']:.2f} x)."]
+        lines += ["", f"Epoch {parallel['epoch']}: one run alone {parallel['one_run_images_per_s']:.4g} images/s; four at once "
+                  + ", ".join(f"{rate:.4g}" for rate in parallel["four_runs_images_per_s"])
+                  + f" images/s (sum {parallel['four_runs_total_images_per_s']:.4g}; lower bound {parallel['speedup_lower_bound']:.2f} x)."]
     return "\n".join(lines) + "\n"
 
 
