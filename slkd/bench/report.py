@@ -38,7 +38,8 @@ from slkd.bench.plan import is_complete, read_summary, recorded_options
 from slkd.bench.published import SOURCES, TOP1, published
 from slkd.bench.sources import METHODS, BenchError, known_pairs
 from slkd.bench.stats import Difference, difference
-from slkd.bench.variants import NATIVE_VIEWS, VIEWS_SUFFIX, read_variant
+from slkd.bench.variants import VIEWS_SUFFIX, read_variant
+from slkd.host.protocol import method_views
 from slkd.bench.worklog import Worklog
 from slkd.utils.settings import EXECUTION_KEYS, flatten, is_under
 
@@ -263,7 +264,7 @@ def published_for(pair: str, name: str, method: str) -> tuple[float, str] | None
     for ``NAME@Nview(s)`` at the method's own number of views, NAME's."""
     found = published(pair, name)
     suffix = VIEWS_SUFFIX.match(name)
-    if found is None and suffix and int(suffix.group("views")) == NATIVE_VIEWS.get(method):
+    if found is None and suffix and int(suffix.group("views")) == method_views(method, None):
         found = published(pair, suffix.group("base"))
     return found
 

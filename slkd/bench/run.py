@@ -14,7 +14,8 @@ its log and does not stop the others.
 
 Not touched, and reported: a run that was done or half done with a different config (other
 than where the output folder sits) or other run options (``--smoke``/``--synthetic``, the
-device: as the run's ``summary.json`` records them; ``--amp`` is ``SLKD.AMP`` in the config), so that one folder never mixes two protocols; a run claimed by another live
+device: as the run's ``summary.json`` records them; ``--amp`` is ``SLKD.AMP`` in the
+config), so that one folder never mixes two protocols; a run claimed by another live
 slkd-bench; and a run whose slkd-train, started by an earlier slkd-bench that was killed,
 still runs (its pid is in ``<folder>/bench.pid`` while it runs). Stopping slkd-bench (Ctrl-C,
 SIGTERM) stops its runs; run it again to continue them.

@@ -26,14 +26,14 @@ from pathlib import Path
 import yaml
 
 from slkd.bench.sources import METHODS
+from slkd.host.protocol import OWN_VIEWS
 from slkd.errors import BenchError, ConfigError
 from slkd.shipped import configs_folder
 
 VARIANT_NAME = "variant.json"  # a run folder's variant: name, method, overrides
 FILE_NAME = "variants.yaml"  # in slkd's shipped configs (slkd.shipped.configs_folder)
-LOGIT_METHODS = ("KD", "DKD", "MLKD", "SLD")
-NATIVE_VIEWS = {"KD": 1, "DKD": 1, "CRD": 1, "MLKD": 2, "SLD": 2}  # each method's own protocol
-TWO_VIEW_ONLY = ("MLKD",)  # two views by construction: no @1view
+LOGIT_METHODS = tuple(OWN_VIEWS)  # the methods PROTOCOL.VIEWS applies to
+TWO_VIEW_ONLY = ("MLKD",)  # two views by construction (PROTOCOL.VIEWS 1 is refused): no @1view
 VIEWS_SUFFIX = re.compile(r"^(?P<base>.+)@(?P<views>[12])views?$")
 VIEW_NAMES = {1: "1view", 2: "2views"}
 
