@@ -50,6 +50,8 @@ def test_protocol_and_ablation_expand_to_their_sets():
     assert names(V.select("MLKD,SLD", protocol="1,2")) == ["MLKD@2views", "SLD@1view", "SLD@2views"], "MLKD is two-view only"
     assert names(V.select(None, ablation="sld")) == V.catalogue()[1]["sld"]
     assert names(V.select("KD,SLD", ablation="sld"))[:3] == ["KD", "SLD", "SLD-ts"], "SLD once"
+    both = names(V.select(None, ablation="sld", protocol="1,2"))
+    assert "SLD@1view" in both and "SLD-1view@1view" not in both and "SLD-1view@2views" not in both, "the same training once"
 
 
 @pytest.mark.parametrize(
@@ -201,3 +203,13 @@ def test_every_override_is_a_key_of_the_hosts_config(host):
             for part in key.split("."):
                 assert part in node, f"{variant.name}: {key} is not a config key"
                 node = node[part]
+
+
+def test_published_numbers_follow_the_variant_and_its_protocol():
+    from slkd.bench.published import TOP1
+    from slkd.bench.report import published_for
+
+    assert published_for(PAIR, "KD+LS", "KD")[0] == TOP1[PAIR]["KD+LS"] and "logit-standardization" in published_for(PAIR, "KD+LS", "KD")[1]
+    assert published_for(PAIR, "MLKD+LS@2views", "MLKD")[0] == TOP1[PAIR]["MLKD+LS"], "MLKD's own protocol is two views"
+    assert published_for(PAIR, "SLD@2views", "SLD") is None and published_for(PAIR, "KD@2views", "KD") is None
+    assert published_for(PAIR, "KD+swap", "KD") is None, "a variant nobody published has no number"

@@ -142,7 +142,8 @@ def resolve(name: str, variants: dict | None = None) -> Variant:
 
 def select(methods: str, ablation: str | None = None, protocol: str | None = None) -> list[Variant]:
     """The variants of ``--methods`` (names, comma-separated), then ``--ablation``'s, each
-    replaced by its ``@1view``/``@2views`` forms with ``--protocol``; in order, once each."""
+    replaced by its ``@1view``/``@2views`` forms with ``--protocol``; in order, each training
+    once (of two names for the same method, config and overrides, the first is kept)."""
     variants, ablations = catalogue()
     chosen = [resolve(name.strip(), variants) for name in methods.split(",") if name.strip()] if methods else []
     if ablation:
@@ -154,9 +155,9 @@ def select(methods: str, ablation: str | None = None, protocol: str | None = Non
         chosen = [variant.at_views(v) for variant in chosen for v in views if not (v == 1 and variant.method in TWO_VIEW_ONLY)]
     if not chosen:
         raise BenchError(f"no method or variant chosen: give --methods (e.g. {','.join(METHODS)}) or --ablation")
-    unique = {}
+    unique = {}  # one run per training: SLD-1view@2views is SLD@2views
     for variant in chosen:
-        unique.setdefault(variant.name, variant)
+        unique.setdefault((variant.method, variant.config, tuple(sorted(map(repr, variant.overrides)))), variant)
     return list(unique.values())
 
 
