@@ -3,7 +3,7 @@
 At CIFAR sizes the GPU finishes the loss's kernels long before the host has launched them, so
 a forward and backward pass of the loss costs what the host spends on it: the dispatch of each
 torch op, each Triton launch, and autograd's engine. This script times each piece on its own,
-for the two sizes of issue 4's target 1 (both views' rows: 128x100 and 1024x1000):
+for the two sizes of target 1 in benchmarks/README.md (both views' rows: 128x100 and 1024x1000):
 
     python3 benchmarks/loss_host_time.py --out benchmarks/results/<folder>/loss_host_time.json
 

@@ -36,11 +36,6 @@ OUTSIDE = {
     r"(?i)\bissues? #?\d+": "a numbered issue of a tracker the reader cannot see",
 }
 
-# Files whose citations another change is moving; each must still hold one (else drop it here).
-PENDING = {
-    "benchmarks/loss_host_time.py": "moves with benchmarks/sld_speed.py",
-}
-
 
 def searched_files():
     here = Path(__file__).resolve()
@@ -86,18 +81,12 @@ def test_the_patterns_catch_what_they_are_for():
 def test_no_file_cites_documents_outside_the_repository():
     found = []
     for path in searched_files():
-        if str(path.relative_to(ROOT)) not in PENDING:
-            found += citations(path)
+        found += citations(path)
     assert not found, (
         "these lines cite documents that are not in the repository; cite the paper "
         "(Limantoro et al., Multimedia Systems 2025, arXiv 2504.20108), an anchor's public "
         "repository, or docs/method.md (add what is missing there) instead:\n" + "\n".join(found)
     )
-
-
-def test_pending_files_still_need_their_exemption():
-    stale = [name for name in PENDING if not (ROOT / name).is_file() or not list(citations(ROOT / name))]
-    assert not stale, f"no outside citation left in {stale}: remove them from PENDING in {Path(__file__).name}"
 
 
 def test_method_page_is_there_and_cites_its_sources():
