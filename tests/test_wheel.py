@@ -37,7 +37,8 @@ def run(command, cwd, env, timeout=900):
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
-    """(the fresh environment's bin folder, the environment its commands run in, an empty folder)."""
+    """(the fresh environment's bin folder, the environment its commands run in, an empty
+    folder, the fresh environment's site-packages)."""
     try:
         host = find_checkout().root
     except CheckoutNotFound as error:

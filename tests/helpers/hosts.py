@@ -68,7 +68,7 @@ def writable_copy(source: Path, target: Path) -> Path:
         symlinks=True,
         ignore=shutil.ignore_patterns(".git", "data", "download_ckpts", "output", "__pycache__", "*.egg-info"),
     )
-    for folder in [target, *(p for p in target.rglob("*") if p.is_dir())]:
+    for folder in [target, *(p for p in target.rglob("*") if p.is_dir() and not p.is_symlink())]:
         folder.chmod(folder.stat().st_mode | 0o200)  # a read-only host gives read-only copies
     return target
 
