@@ -202,6 +202,33 @@ def test_ddp_lets_go_of_the_process_group_before_the_group_is_destroyed(tmp_path
     assert wrapper() is None
 
 
+def test_an_error_inside_ddps_forward_does_not_keep_the_wrapper_alive(tmp_path, one_process_group, monkeypatch):
+    """The exception travels up through DDP's forward, whose frame holds the wrapper; while
+    the exception lives (as it does through slkd-train's shutdown of the group), nothing may
+    keep the wrapper alive."""
+    import gc
+    import weakref
+
+    trainer = tiny_trainer(_cfg(tmp_path, 1), context=one_process_group)
+    wrapper = trainer.distiller.student
+    assert isinstance(wrapper, torch.nn.parallel.DistributedDataParallel)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("inside the student's forward")
+
+    monkeypatch.setattr(wrapper.module, "forward", fail)
+    wrapper = weakref.ref(wrapper)
+    with pytest.raises(RuntimeError, match="inside the student's forward") as caught:
+        trainer.train()
+    names, tb = [], caught.value.__traceback__
+    while tb is not None:
+        names.append(tb.tb_frame.f_code.co_qualname)
+        tb = tb.tb_next
+    assert "DistributedDataParallel.forward" in names  # the frame that held the wrapper
+    gc.collect()  # as distributed.shutdown() does before it destroys the group
+    assert wrapper() is None, "the exception's frames keep DDP's wrapper alive"
+
+
 def test_wrapping_the_student_in_ddp_warns_nothing(tmp_path, one_process_group):
     """torch 2.14 deprecates DDP's broadcast_buffers with a FutureWarning at every start."""
     import warnings

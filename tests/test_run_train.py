@@ -304,7 +304,7 @@ def test_one_seed_gives_identical_losses_and_another_seed_does_not(host, in_tmp,
     losses = {}
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         assert _main(small + ["--seed", str(seed), "LOG.PREFIX", name]) == 0
-        lines = (Path(name) / "smoke" / "slkd_cifar100" / "sld,resnet56,resnet20LOG.PREFIX:" f"{name}" / "metrics.jsonl").read_text().splitlines()
+        lines = (Path(name) / "smoke" / "slkd_cifar100" / "sld,resnet56,resnet20" / "metrics.jsonl").read_text().splitlines()
         losses[name] = [[json.loads(line)[key] for key in ("loss_ce", "loss_kd", "test_loss")] for line in lines]
     assert losses["a"] == losses["b"]
     assert losses["a"] != losses["c"]

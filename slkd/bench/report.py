@@ -41,6 +41,7 @@ from slkd.bench.stats import Difference, difference
 from slkd.bench.variants import VIEWS_SUFFIX, read_variant
 from slkd.host.protocol import method_views
 from slkd.bench.worklog import Worklog
+from slkd.utils.records import read_metric_lines
 from slkd.utils.settings import EXECUTION_KEYS, flatten, is_under
 
 SEED_FOLDER = re.compile(r"seed(\d+)$")
@@ -66,6 +67,7 @@ class RunFolder:
     config: dict
     environment: dict
     variant: dict = None  # variant.json: name, method, config, set ({} for a plain method)
+    problems: tuple = ()  # what was damaged in the folder's records, one line each
 
     @property
     def complete(self) -> bool:
@@ -320,22 +322,33 @@ def load_runs(root: Path) -> list[RunFolder]:
     """Every run folder under ``root`` with a ``summary.json``."""
     records = []
     for folder in _run_folders(root):
-        metrics_path = folder / "metrics.jsonl"
-        metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()] if metrics_path.is_file() else []
+        metrics, problems = _read_metrics(folder / "metrics.jsonl")
+        summary = read_summary(folder)
+        if not isinstance(summary, dict):
+            summary = None
+            problems.append("summary.json is unreadable (not a JSON object): the run is left out of the means")
         records.append(
             RunFolder(
                 pair=folder.parent.parent.name,
                 method=folder.parent.name,
                 seed=int(SEED_FOLDER.search(folder.name).group(1)),
                 folder=folder,
-                summary=read_summary(folder),
+                summary=summary,
                 metrics=metrics,
                 config=_read_yaml(folder / "config.yaml"),
                 environment=_read_json(folder / "environment.json"),
                 variant=read_variant(folder),
+                problems=tuple(problems),
             )
         )
     return records
+
+
+def _read_metrics(path: Path) -> tuple[list, list]:
+    """(the whole lines of a ``metrics.jsonl``, a problem line when some did not parse)."""
+    lines, unreadable = read_metric_lines(path)
+    problems = [f"metrics.jsonl has {len(unreadable)} unreadable line(s): its curves show the {len(lines)} whole one(s)"] if unreadable else []
+    return lines, problems
 
 
 def rows(records: list[RunFolder], order: list[str] = ()) -> list[Row]:
@@ -405,6 +418,9 @@ def report(folder: Path, echo=print, imports=(), baseline: str | None = None) ->
     if root != Path(folder):
         echo(f"[slkd-bench] only smoke runs under {folder}: reporting {root}")
     records = load_runs(root)
+    for record in records:
+        for problem in record.problems:
+            echo(f"[slkd-bench] warning: {record.folder}: {problem}; rerun it (slkd-bench run resumes it) or delete the folder")
     manifest = read_manifest(root)
     table = rows(records, manifest.get("variants", []))
     if not table and not logs:

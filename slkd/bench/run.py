@@ -37,6 +37,8 @@ import yaml
 from slkd.bench import plan as planning
 from slkd.bench.configs import FILE_NAME, protocol_differences, run_config, write_run_config
 from slkd.bench.variants import VARIANT_NAME, write_variant
+from slkd.utils import locks
+from slkd.utils.locks import Claimed
 
 LOG_NAME = "bench.log"
 PID_NAME = "bench.pid"  # the run's slkd-train process while it runs
@@ -101,14 +103,6 @@ class _Job:
     started: float = 0.0
 
 
-class Claimed(Exception):
-    """A run folder is locked by another slkd-bench; ``holder`` is its pid as it wrote it."""
-
-    def __init__(self, holder: str):
-        super().__init__(holder)
-        self.holder = holder
-
-
 def execute(runs: list[planning.Run], options: Options, echo=print) -> list[Outcome]:
     """Run (or, with ``dry_run``, list) every run that is not done; one outcome per run."""
     jobs = [_job(run, options) for run in runs]
@@ -145,22 +139,9 @@ def visible_gpus(device: str | None) -> list[str]:
 
 
 def claim(folder: Path):
-    """Lock ``<folder>/bench.lock`` for this process without waiting and write its pid there;
-    return the open lock file (closing it, or the end of the process, releases the claim).
-    Raises :class:`Claimed` when another process holds it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    lock = open(folder / LOCK_NAME, "a+")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.seek(0)
-        holder = lock.read().strip() or "unknown"
-        lock.close()
-        raise Claimed(holder) from None
-    lock.truncate(0)
-    lock.write(f"{os.getpid()}\n")
-    lock.flush()
-    return lock
+    """Claim the run's folder for this slkd-bench (:func:`slkd.utils.locks.claim` of
+    ``bench.lock``); raises :class:`Claimed` when another process holds it."""
+    return locks.claim(folder, LOCK_NAME)
 
 
 def _job(run: planning.Run, options: Options) -> _Job:

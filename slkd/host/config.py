@@ -154,6 +154,48 @@ def validate_sld(cfg: CN) -> None:
         )
 
 
+#: The config node holding a method's loss weights, where it is not the method's own name
+_WEIGHT_NODES = {"MLKD": "KD"}
+#: Loss weights not named ``*_WEIGHT``
+_OTHER_WEIGHTS = {"DKD": ("ALPHA", "BETA")}
+
+
+def loss_weights(cfg: CN) -> dict:
+    """``{"NODE.KEY": value}`` of the numeric loss weights of ``DISTILLER.TYPE``'s method: the
+    keys of its node (``SLD``, ``KD`` for KD and MLKD, ``DKD``, ``CRD``, ...) named ``*_WEIGHT``,
+    and DKD's ``ALPHA`` and ``BETA``; empty for a method without a node (``NONE``)."""
+    method = cfg.DISTILLER.TYPE
+    node_name = _WEIGHT_NODES.get(method, method)
+    node = cfg.get(node_name)
+    if not isinstance(node, CN):
+        return {}
+    weights = {}
+    for key, value in _flat_items(node, node_name):
+        last = key.rsplit(".", 1)[-1]
+        if (last.endswith("WEIGHT") or last in _OTHER_WEIGHTS.get(method, ())) and isinstance(value, (int, float)) and not isinstance(value, bool):
+            weights[key] = value
+    return weights
+
+
+def _flat_items(node: CN, prefix: str):
+    for key, value in node.items():
+        if isinstance(value, CN):
+            yield from _flat_items(value, f"{prefix}.{key}")
+        else:
+            yield f"{prefix}.{key}", value
+
+
+def validate_loss_weights(cfg: CN) -> None:
+    """ConfigError when every loss weight of the method is 0: the loss would be zero and the
+    student would not train."""
+    weights = loss_weights(cfg)
+    if weights and all(value == 0 for value in weights.values()):
+        raise ConfigError(
+            f"{' and '.join(weights)} are all 0: {cfg.DISTILLER.TYPE}'s loss would be zero and the student would "
+            "not train; give at least one of them a positive weight"
+        )
+
+
 def validate_trainer(cfg: CN) -> None:
     """Raise :class:`ConfigError` unless slkd's trainer can run ``SOLVER.TRAINER``'s method:
     it is ``slkd`` or one of :data:`LOOP_ONLY_TRAINERS`."""
@@ -237,7 +279,12 @@ def load_config(base: CN, path: str | Path | None, opts: list[str]) -> CN:
                 loaded = yaml.safe_load(handle)
         except yaml.YAMLError as error:
             raise ConfigError(f"{path} is not valid YAML: {error}") from None
-        if loaded is not None and not isinstance(loaded, dict):
+        if not loaded:
+            raise ConfigError(
+                f"{path} is empty: it would train mdistiller's default ResNet50 -> resnet32 run; give a config that "
+                "sets DISTILLER, e.g. one of slkd's (cifar100/sld/res32x4_res8x4.yaml)"
+            )
+        if not isinstance(loaded, dict):
             raise ConfigError(f"{path} must hold a mapping of config nodes, got {type(loaded).__name__}")
         bad_keys = _non_string_keys(loaded or {})
         if bad_keys:

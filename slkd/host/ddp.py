@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import inspect
 
+import traceback
+
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -61,6 +63,19 @@ def unwrap_student(distiller) -> None:
     therefore leave DDP before the group is destroyed."""
     if isinstance(distiller.student, DistributedDataParallel):
         distiller.student = distiller.student.module
+
+
+def release_frames(error: BaseException) -> None:
+    """Clear the local variables of the finished frames in ``error``'s traceback (and in the
+    exceptions it chains). An exception raised inside DDP's forward keeps the wrapper alive
+    through the frame of ``DistributedDataParallel.forward`` (its ``self``) for as long as
+    the exception lives, past :func:`unwrap_student` and past ``destroy_process_group``: the
+    hang :func:`unwrap_student` avoids. The traceback still prints every line."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__
 
 
 def share_buffers(modules, context: DistContext) -> None:

@@ -99,5 +99,27 @@ def _mismatch_message(name, path, state, teacher, num_classes, error) -> str:
             f"teacher checkpoint {os.path.normpath(path)} predicts {classifier[-1].shape[0]} classes but "
             f"the dataset and the student have {num_classes}: teacher and student must share the classes"
         )
-    first = str(error).splitlines()[0]
-    return f"teacher checkpoint {os.path.normpath(path)} does not fit architecture {name}: {first}"
+    expected = teacher.state_dict()
+    where = f"teacher checkpoint {os.path.normpath(path)} does not fit architecture {name}"
+    if state and all(key.startswith("module.") for key in state) and {key[len("module."):] for key in state} == set(expected):
+        return (
+            f"{where}: its keys carry DataParallel's 'module.' prefix (it was saved from a wrapped model). "
+            "Save it again without the prefix, e.g. torch.save({'model': {k.removeprefix('module.'): v for k, v in "
+            "state.items()}}, path)"
+        )
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    reshaped = [
+        f"{key} {tuple(state[key].shape)} (the model's {tuple(expected[key].shape)})"
+        for key in expected
+        if key in state and hasattr(state[key], "shape") and state[key].shape != expected[key].shape
+    ]
+    parts = [
+        f"{len(found)} {what}, e.g. {', '.join(found[:2])}"
+        for what, found in (("missing key(s)", missing), ("unexpected key(s)", unexpected), ("weight(s) of another shape", reshaped))
+        if found
+    ] or [str(error).replace("\n", " ").strip()]
+    return (
+        f"{where}: {'; '.join(parts)}. It holds another network: put {name}'s checkpoint there "
+        "(slkd-fetch teachers --force), or set DISTILLER.TEACHER to the network it was trained as"
+    )

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from slkd.host import data, ddp, device_views, fast, graphs, metrics, optim, runtime
-from slkd.errors import ConfigError, NonFiniteLoss
+from slkd.errors import CheckpointError, ConfigError, NonFiniteLoss
 from slkd.host.config import validate_run_options
 from slkd.utils import checkpoint
 from slkd.utils.distributed import DistContext, all_reduce_sum
@@ -48,6 +48,16 @@ from slkd.utils.settings import EXECUTION_KEYS, changed_settings
 #: and SOLVER.EPOCHS, to train a run further. Any other change is refused by ``--resume``.
 RESUME_MAY_CHANGE = ("SOLVER.EPOCHS", *EXECUTION_KEYS)
 
+
+
+def _data_words(source: str) -> str:
+    """``"real"`` or ``"synthetic N"`` (:func:`slkd.host.data.data_source`) in words."""
+    return "the real dataset" if source == "real" else f"{source.split()[-1]} synthetic images"
+
+
+def _data_flag(source: str) -> str:
+    """The slkd-train flag that gives ``source``."""
+    return "without --synthetic" if source == "real" else f"--synthetic {source.split()[-1]}"
 
 
 class StepResult(NamedTuple):
@@ -145,6 +155,9 @@ class SLKDTrainer:
                 if done:
                     self._write_summary(done[-1])
             return self.best_acc
+        except BaseException as error:
+            ddp.release_frames(error)  # its frames would keep DDP's wrapper past the unwrap below
+            raise
         finally:
             self._close_writer()
             ddp.unwrap_student(self.distiller)
@@ -346,6 +359,7 @@ class SLKDTrainer:
             "rng": checkpoint.rng_state(),
             "world_size": self.context.world_size,
             "config": self.cfg.dump(),
+            "data": self.data_source,
         }
 
     def save_checkpoints(self, epoch: int, improved: bool) -> None:
@@ -376,14 +390,27 @@ class SLKDTrainer:
 
     def _resume(self) -> int:
         state, path = checkpoint.load_latest(self.run_folder)
-        if "config" in state:
-            changed = changed_settings(state["config"], self.cfg.dump(), RESUME_MAY_CHANGE)
-            if changed:
-                raise ConfigError(
-                    f"--resume: the run in {self.run_folder} was trained with other settings: {'; '.join(changed)}. "
-                    f"Resume it with the command that started it (in {self.run_folder / 'command.txt'}) plus --resume, "
-                    "or train these settings in another folder (LOG.PREFIX, EXPERIMENT.NAME or EXPERIMENT.TAG)"
-                )
+        missing = [key for key in ("config", "model", "optimizer", "epoch", "best_acc", "rng") if key not in state]
+        if missing:
+            raise CheckpointError(
+                f"--resume: {path} was not written by slkd-train (it has no {', '.join(repr(key) for key in missing)} "
+                f"entry): resume only continues a run slkd-train started; to train in {self.run_folder} from scratch, "
+                "move that file away and start without --resume"
+            )
+        saved_data = state.get("data")
+        if saved_data is not None and saved_data != self.data_source:
+            raise ConfigError(
+                f"--resume: the run in {self.run_folder} trained on {_data_words(saved_data)}, this command gives "
+                f"{_data_words(self.data_source)}: resume with the same data ({_data_flag(saved_data)}, as in "
+                f"{self.run_folder / 'command.txt'}), or train this data in another folder (LOG.PREFIX, EXPERIMENT.NAME or EXPERIMENT.TAG)"
+            )
+        changed = changed_settings(state["config"], self.cfg.dump(), RESUME_MAY_CHANGE)
+        if changed:
+            raise ConfigError(
+                f"--resume: the run in {self.run_folder} was trained with other settings: {'; '.join(changed)}. "
+                f"Resume it with the command that started it (in {self.run_folder / 'command.txt'}) plus --resume, "
+                "or train these settings in another folder (LOG.PREFIX, EXPERIMENT.NAME or EXPERIMENT.TAG)"
+            )
         ddp.load_plain_state_dict(self.distiller, state["model"])
         optim.load_state(self.optimizer, state["optimizer"])  # this machine's SGD implementation, the run's state
         if self.scaler is not None and state.get("scaler"):

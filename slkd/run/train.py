@@ -15,7 +15,7 @@ own ``tools/train.py`` to run.
 ``--smoke`` runs the real loop for two short epochs (the second past ``SLD.GAMMA``) and one
 evaluation per epoch on synthetic CIFAR-shaped data with a randomly initialised teacher: a
 check that everything is wired, on a CPU in seconds. ``--synthetic N`` runs the config as it
-is (batch, epochs, loaders) on N synthetic training images and 10000 test images with a
+is (batch, epochs, loaders) on N synthetic training images and N / 5 test images (CIFAR-100's proportion) with a
 random teacher: the real loop's speed without the dataset or the teacher release.
 
 ``--fast`` (``SLKD.FAST``) turns on what pays on a GPU: CUDA graphs, the fused loss, bf16
@@ -31,6 +31,7 @@ import contextlib
 import importlib
 import inspect
 import os
+import shlex
 import sys
 import warnings
 
@@ -40,11 +41,17 @@ from slkd.errors import UsageError
 from slkd.host import fast
 from slkd.utils.checkpoint import CheckpointError, drop_resume_checkpoints, has_resume_checkpoint
 from slkd.utils.distributed import launched_by_torchrun
+from slkd.utils.locks import Claimed, claim
+from slkd.utils.settings import EXECUTION_KEYS, is_under
 
 SMOKE_ITERATIONS = 2
 SMOKE_BATCH = 8
 SMOKE_TEST_IMAGES = 32
-SYNTHETIC_TEST_IMAGES = 10000
+CIFAR100_TRAIN_IMAGES, CIFAR100_TEST_IMAGES = 50000, 10000  # --synthetic N tests on N / 5, as CIFAR-100
+LOCK_NAME = "train.lock"  # locked by the slkd-train training in the run folder; holds its pid
+#: Overrides that say where or how a run executes, or how long it trains: left out of the run
+#: folder's name (mdistiller's convention names the others), so --resume finds the run
+UNNAMED_KEYS = (*EXECUTION_KEYS, "SOLVER.EPOCHS", "SLKD.AMP")
 CALIBRATION_IMAGES = 256
 
 
@@ -86,11 +93,13 @@ def _check_no_flag_in_overrides(opts) -> None:
 
 def build_config(args, host_cfg):
     """The merged, validated config for ``args``."""
-    from slkd.host.config import load_config, validate_run_options, validate_sld, validate_trainer
+    from slkd.host.config import load_config, validate_loss_weights, validate_run_options, validate_sld, validate_trainer
     from slkd.host.protocol import validate_protocol
     from slkd.shipped import resolve_config
 
-    cfg = load_config(host_cfg, resolve_config(args.cfg) if args.cfg else None, list(args.opts))
+    if not args.cfg:
+        raise UsageError("--cfg is missing: give a config, e.g. slkd-train --cfg cifar100/sld/res32x4_res8x4.yaml")
+    cfg = load_config(host_cfg, resolve_config(args.cfg), list(args.opts))
     if args.seed is not None:
         cfg.SLKD.SEED = args.seed
     if args.deterministic:
@@ -117,6 +126,7 @@ def build_config(args, host_cfg):
     cfg.LOG.WANDB = bool(args.wandb) or (overridden and bool(cfg.LOG.WANDB))
     validate_run_options(cfg)  # the values as given, before --smoke shrinks them
     validate_trainer(cfg)
+    validate_loss_weights(cfg)
     if cfg.SOLVER.TRAINER != "slkd":
         print(f"[slkd] SOLVER.TRAINER {cfg.SOLVER.TRAINER!r} -> 'slkd': the same method, run with slkd's trainer", flush=True)
         cfg.SOLVER.TRAINER = "slkd"
@@ -165,9 +175,10 @@ def _shrink_for_smoke(cfg) -> None:
 
 
 def experiment_name(cfg, opts) -> str:
-    """mdistiller's run name: ``PROJECT/(NAME or TAG)`` plus ``key:value`` of the overrides."""
+    """mdistiller's run name: ``PROJECT/(NAME or TAG)`` plus ``key:value`` of the overrides
+    that change the method (not those of :data:`UNNAMED_KEYS`)."""
     name = cfg.EXPERIMENT.NAME or cfg.EXPERIMENT.TAG
-    extra = ",".join(f"{k}:{v}" for k, v in zip(opts[::2], opts[1::2]))
+    extra = ",".join(f"{k}:{v}" for k, v in zip(opts[::2], opts[1::2]) if not is_under(str(k), UNNAMED_KEYS))
     return os.path.join(cfg.EXPERIMENT.PROJECT, name + extra)
 
 
@@ -190,8 +201,14 @@ def synthetic_sizes(args, cfg):
     if args.synthetic is not None:
         if args.synthetic < cfg.SOLVER.BATCH_SIZE:
             raise UsageError(f"--synthetic {args.synthetic}: give at least one batch ({cfg.SOLVER.BATCH_SIZE} images)")
-        return args.synthetic, SYNTHETIC_TEST_IMAGES
+        return args.synthetic, synthetic_test_images(args.synthetic)
     return None
+
+
+def synthetic_test_images(train_images: int) -> int:
+    """Test images for ``--synthetic train_images``: CIFAR-100's proportion (10,000 for 50,000),
+    at least one."""
+    return max(1, min(CIFAR100_TEST_IMAGES, -(-train_images * CIFAR100_TEST_IMAGES // CIFAR100_TRAIN_IMAGES)))
 
 
 def datasets(host, cfg, synthetic):
@@ -285,9 +302,7 @@ def run(argv=None) -> float:
     """Parse, set up and train; returns the best test top-1."""
     import slkd
     from slkd.host.registry import import_host
-    from slkd.host.runtime import configure_backends, seed_everything
-    from slkd.host.trainer import SLKDTrainer
-    from slkd.utils import distributed
+    from slkd.host.runtime import configure_backends
 
     args = parse_args(argv)
     slkd.register()
@@ -296,14 +311,38 @@ def run(argv=None) -> float:
     device_type = resolve_device(args.device)
     configure_backends(cfg, device_type)  # before the models are built; the trainer sets them again
     name = experiment_name(cfg, list(args.opts))
+    folder = os.path.normpath(os.path.join(cfg.LOG.PREFIX, name))
+    if args.resume:
+        _check_resumable(folder)
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    made = _missing_folders(folder) if main_process else []
+    lock = _claim_run_folder(folder, cfg.LOG.PREFIX) if main_process else None
+    try:
+        return _train(args, host, cfg, device_type, name, argv)
+    except KeyboardInterrupt:
+        if not has_resume_checkpoint(folder):
+            raise Interrupted(f"interrupted before the first epoch ended: nothing saved in {folder}; start it again") from None
+        raise Interrupted(
+            f"interrupted: {folder} keeps its last complete epoch; continue it with: {_resume_command(argv)}"
+        ) from None
+    finally:
+        if lock is not None:
+            lock.close()
+            _remove_if_unused(folder, made)
+
+
+def _train(args, host, cfg, device_type: str, name: str, argv) -> float:
+    """Train the run ``name`` of the built config; returns the best test top-1."""
+    from slkd.host.runtime import seed_everything
+    from slkd.host.trainer import SLKDTrainer
+    from slkd.utils import distributed
+
     if args.smoke and not args.resume:
         # a smoke run (under LOG.PREFIX/smoke) is disposable: a fresh one replaces the last one,
         # whose checkpoints every process drops before they meet in the process group
         drop_resume_checkpoints(os.path.join(cfg.LOG.PREFIX, name))
     context = distributed.init(device_type)
     try:
-        if args.resume:
-            _check_resumable(os.path.join(cfg.LOG.PREFIX, name))
         seed_everything(int(cfg.SLKD.SEED), epoch=0)  # the student's (and a random teacher's) initial weights
         synthetic = synthetic_sizes(args, cfg)
         train_set, test_set, num_classes = datasets(host, cfg, synthetic)
@@ -330,6 +369,57 @@ def run(argv=None) -> float:
         return trainer.train(resume=args.resume)
     finally:
         distributed.shutdown()
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says how to continue it."""
+
+
+def _resume_command(argv) -> str:
+    """The command line that continues this run: this one with ``--resume`` (before any
+    ``KEY VALUE`` override, where flags belong)."""
+    args = list(argv if argv is not None else sys.argv[1:])
+    if "--resume" not in args:
+        args.insert(0, "--resume")
+    return shlex.join(["slkd-train", *args])
+
+
+def _claim_run_folder(folder: str, prefix: str):
+    """Make the run folder and lock it for this process (:data:`LOCK_NAME`); UsageError naming
+    the fix when it cannot be made or another slkd-train trains there. A lock left by a killed
+    process is taken over."""
+    try:
+        return claim(folder, LOCK_NAME)
+    except Claimed as claimed:
+        raise UsageError(
+            f"{folder} is in use by another slkd-train (pid {claimed.holder}): wait for it to end, or give "
+            "this run another folder (LOG.PREFIX, EXPERIMENT.NAME or EXPERIMENT.TAG)"
+        ) from None
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise UsageError(
+            f"cannot make the run folder {folder} under LOG.PREFIX {prefix}: {reason} ({error.filename}); "
+            "give LOG.PREFIX a folder you can write to, e.g. LOG.PREFIX ./output"
+        ) from None
+
+
+def _missing_folders(folder: str) -> list[str]:
+    """``folder`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while folder and not os.path.exists(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    return missing
+
+
+def _remove_if_unused(folder: str, made: list[str]) -> None:
+    """After a run that stopped before writing anything: drop its lock file and the folders
+    this run made, so that a failed start leaves no empty run folder behind."""
+    with contextlib.suppress(OSError):
+        if os.listdir(folder) == [LOCK_NAME]:
+            os.unlink(os.path.join(folder, LOCK_NAME))
+        for path in made:
+            os.rmdir(path)  # only when empty: stops at the first that holds anything
 
 
 def _check_resumable(folder: str) -> None:
@@ -379,6 +469,12 @@ def main(argv=None) -> int:
         except KNOWN_ERRORS as error:
             print(f"slkd-train: error: {error}", file=sys.stderr)
             return 1
+        except Interrupted as interrupted:
+            print(f"slkd-train: {interrupted}", file=sys.stderr)
+            return 130
+        except KeyboardInterrupt:
+            print("slkd-train: interrupted before training started: nothing to resume", file=sys.stderr)
+            return 130
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"[slkd] best test top-1: {best:.2f}")
     return 0

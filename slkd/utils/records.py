@@ -88,10 +88,16 @@ class RunRecord:
         write_text_atomically(self.folder / "environment.json", json.dumps(env, indent=2, default=str) + "\n")
 
     def truncate_after(self, epoch: int) -> None:
-        """Drop metric lines of epochs after ``epoch`` (left by a run killed before its checkpoint)."""
+        """Drop metric lines of epochs after ``epoch`` (left by a run killed before its
+        checkpoint), and a line cut short by a kill while it was written: the whole lines
+        are kept, and what was dropped is printed."""
         if not self.enabled or not self.metrics_path.exists():
             return
-        kept = [line for line in self.read_metrics() if line["epoch"] <= epoch]
+        lines, cut = read_metric_lines(self.metrics_path)
+        if cut:
+            print(f"[slkd] {self.metrics_path}: dropped {len(cut)} cut line(s) (a run killed while writing "
+                  f"them), kept the {len(lines)} whole one(s): {cut[0][:60]!r}", flush=True)
+        kept = [line for line in lines if line["epoch"] <= epoch]
         write_text_atomically(self.metrics_path, "".join(json.dumps(line) + "\n" for line in kept))
 
     def log_epoch(self, metrics: dict) -> None:
@@ -101,13 +107,32 @@ class RunRecord:
                 stream.write(json.dumps(metrics) + "\n")
 
     def read_metrics(self) -> list[dict]:
-        if not self.metrics_path.exists():
-            return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        """The whole metric lines (a line cut by a kill is left out)."""
+        return read_metric_lines(self.metrics_path)[0]
 
     def write_summary(self, summary: dict) -> None:
         if self.enabled:
             write_text_atomically(self.folder / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
+def read_metric_lines(path: Path) -> tuple[list[dict], list[str]]:
+    """(the lines of a ``metrics.jsonl`` that parse as JSON objects with an epoch, the text of
+    those that do not, e.g. one cut by a kill while it was written)."""
+    if not path.is_file():
+        return [], []
+    lines, unreadable = [], []
+    for text in path.read_text(errors="replace").splitlines():
+        if not text.strip():
+            continue
+        try:
+            line = json.loads(text)
+        except ValueError:
+            line = None
+        if isinstance(line, dict) and isinstance(line.get("epoch"), int):
+            lines.append(line)
+        else:
+            unreadable.append(text)
+    return lines, unreadable
 
 
 def write_text_atomically(path: Path, text: str) -> None:
