@@ -10,7 +10,7 @@ import torch
 from yacs.config import CfgNode as CN
 
 from tests.helpers.ls_fork import ls_fork_distillers
-from tests.helpers.tiny import TinyNet
+from tests.helpers.tiny import TinyNet, set_keys
 
 pytestmark = pytest.mark.host
 
@@ -25,21 +25,11 @@ SETTINGS = {
 }
 
 
-def _set(cfg, settings):
-    for key, value in settings.items():
-        node, name = key.rsplit(".", 1)
-        target = cfg
-        for part in node.split("."):
-            target = target[part]
-        target[name] = value
-
-
 def _their_cfg(settings):
     cfg = CN({"KD": {"TEMPERATURE": 4.0, "LOSS": {"CE_WEIGHT": 0.1, "KD_WEIGHT": 0.9}},
               "DKD": {"CE_WEIGHT": 1.0, "ALPHA": 1.0, "BETA": 8.0, "T": 4.0, "WARMUP": 20},
               "EXPERIMENT": {"LOGIT_STAND": True}})
-    _set(cfg, settings)
-    return cfg
+    return set_keys(cfg, settings)
 
 
 def _pair(host, fresh_cfg, method, dtype):
@@ -53,7 +43,7 @@ def _pair(host, fresh_cfg, method, dtype):
     fresh_cfg.DISTILLER.TYPE = method
     fresh_cfg.SOLVER.TRAINER = "slkd"
     fresh_cfg.LOGITS.STANDARDIZE = True
-    _set(fresh_cfg, SETTINGS[method])
+    set_keys(fresh_cfg, SETTINGS[method])
     ours = host.distiller_dict[method](student, teacher, fresh_cfg)
     return theirs.train(), ours.train()
 

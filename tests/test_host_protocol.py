@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.helpers import logit_references as ref
-from tests.helpers.tiny import TinyNet
+from tests.helpers.tiny import TinyNet, set_keys
 
 pytestmark = pytest.mark.host
 
@@ -18,13 +18,7 @@ def _cfg(fresh_cfg, method, **settings):
     """``fresh_cfg`` for ``method`` with slkd's trainer and ``settings`` as ``"NODE.KEY": value``."""
     fresh_cfg.DISTILLER.TYPE = method
     fresh_cfg.SOLVER.TRAINER = "slkd"
-    for key, value in settings.items():
-        node, name = key.rsplit(".", 1)
-        target = fresh_cfg
-        for part in node.split("."):
-            target = target[part]
-        target[name] = value
-    return fresh_cfg
+    return set_keys(fresh_cfg, settings)
 
 
 def _build(host, cfg, seed=0):

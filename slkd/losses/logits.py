@@ -61,13 +61,8 @@ def standardize_logits(logits: torch.Tensor, eps: float = STANDARDIZE_EPS) -> to
 
 
 def transform_logits(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    swap: bool = False,
-    standardize: bool = False,
-    eps: float = STANDARDIZE_EPS,
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
+    *, swap: bool = False, standardize: bool = False, eps: float = STANDARDIZE_EPS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The logits a method's distillation term sees: ``(Z(z), Z(swap(t, y)))``, each transform
     only when asked for.

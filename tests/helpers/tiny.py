@@ -129,3 +129,14 @@ def tiny_trainer(cfg, context=None, nan_at=None, model_seed=0, batchnorm=False, 
     distiller = TinyDistiller(student, teacher, cfg, nan_at=nan_at, connector=connector).to(dtype)
     train, test = tiny_datasets(random_views=random_views)
     return SLKDTrainer("tiny/run", distiller, Loader(train), Loader(test), cfg, context=context, argv=["test"])
+
+
+def set_keys(cfg, settings: dict):
+    """Set ``{"NODE.KEY": value}`` in the config ``cfg``; returns ``cfg``."""
+    for key, value in settings.items():
+        node, name = key.rsplit(".", 1)
+        target = cfg
+        for part in node.split("."):
+            target = target[part]
+        target[name] = value
+    return cfg
