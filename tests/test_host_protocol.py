@@ -95,8 +95,25 @@ def test_sld_refuses_its_moved_keys_naming_the_new_one(host, fresh_cfg, key, new
 def test_mlkd_refuses_one_view_when_built(host, fresh_cfg):
     from slkd.host.config import ConfigError
 
+    if host.has_mlkd:
+        pytest.skip("the host has its own MLKD; slkd's is not registered")
     with pytest.raises(ConfigError, match="two-view by construction"):
         _build(host, _cfg(fresh_cfg, "MLKD", **{"PROTOCOL.VIEWS": 1}))
+
+
+def test_a_hosts_own_class_that_cannot_apply_the_keys_is_refused(host, fresh_cfg):
+    """A host's own MLKD (the released SLD code and the logit-standardization fork ship one)
+    does not read PROTOCOL and LOGITS: asked for them, slkd-train stops instead of ignoring them."""
+    from slkd.host.config import ConfigError
+    from slkd.host.protocol import check_applied
+
+    class HostsOwn:  # stands for a host class, outside slkd
+        __module__ = "mdistiller.distillers.MLKD"
+
+    check_applied(HostsOwn(), _cfg(fresh_cfg, "MLKD"))  # nothing asked: fine
+    with pytest.raises(ConfigError, match=r"host's own MLKD \(mdistiller.distillers.MLKD\) does not read them"):
+        check_applied(HostsOwn(), _cfg(fresh_cfg, "MLKD", **{"LOGITS.STANDARDIZE": True}))
+    check_applied(_build(host, _cfg(fresh_cfg, "KD", **{"LOGITS.STANDARDIZE": True})), fresh_cfg)
 
 
 # --------------------------------------------------------------------------- KD and DKD

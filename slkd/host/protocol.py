@@ -90,6 +90,20 @@ def validate_protocol(cfg) -> None:
         )
 
 
+def check_applied(distiller, cfg) -> None:
+    """Raise :class:`ConfigError` when ``cfg`` asks for a protocol or logit transform that the
+    built ``distiller`` cannot apply: a host's own class (e.g. the MLKD of a host that ships
+    one), which does not read ``PROTOCOL`` and ``LOGITS``."""
+    module = type(distiller).__module__
+    if transforms_on(cfg) and not module.startswith("slkd."):
+        raise ConfigError(
+            f"PROTOCOL and LOGITS ask {cfg.DISTILLER.TYPE} for more than its own protocol and logits, but this "
+            f"host's own {cfg.DISTILLER.TYPE} ({module}) does not read them: leave PROTOCOL.VIEWS and "
+            "LOGITS.TEACHER_SWAP null and LOGITS.STANDARDIZE False, or use a host without its own "
+            f"{cfg.DISTILLER.TYPE} (upstream mdistiller or the MLKD fork)"
+        )
+
+
 def _node(cfg, name: str):
     """``cfg``'s node ``name``, or an empty mapping where ``cfg`` has none (a host config
     that slkd has not registered into, or a recorded config read back as a dict)."""

@@ -38,7 +38,7 @@ import warnings
 import torch
 
 from slkd.errors import UsageError
-from slkd.host import fast
+from slkd.host import fast, protocol
 from slkd.utils.checkpoint import CheckpointError, drop_resume_checkpoints, has_resume_checkpoint
 from slkd.utils.distributed import launched_by_torchrun
 from slkd.utils.locks import Claimed, claim
@@ -269,6 +269,7 @@ def build_distiller(host, cfg, num_classes: int, synthetic: bool, num_data: int,
         with _crd_sampler_kept_on_cpu(distiller_class, device_type):
             return distiller_class(student, teacher, cfg, num_data)
     distiller = distiller_class(student, teacher, cfg)
+    protocol.check_applied(distiller, cfg)
     _ask_for_two_views(distiller)
     return distiller
 
