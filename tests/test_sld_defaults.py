@@ -53,6 +53,6 @@ def test_the_readme_table_is_the_defaults():
 
 
 def test_the_benchmark_scripts_take_the_defaults():
-    for script in ("sld_speed.py", "loss_host_time.py"):
+    for script in ("speed/common.py", "loss_host_time.py"):
         text = (ROOT / "benchmarks" / script).read_text()
         assert "SLD_DEFAULTS" in text and "(1.0, 2.0, 3.0" not in text, script
