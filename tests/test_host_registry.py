@@ -21,7 +21,7 @@ from tests.helpers.expected import MOVED_SLD_KEYS, SLD_NODE
 
 needs_host = pytest.mark.host  # only the tests that take the ``host`` fixture
 
-ISSUE_SLD_NODE = {**SLD_NODE, **dict.fromkeys(MOVED_SLD_KEYS)}  # the moved keys hold null
+EXPECTED_SLD_NODE = {**SLD_NODE, **dict.fromkeys(MOVED_SLD_KEYS)}  # the moved keys hold null
 
 SLKD_RUN_KEYS = {"SEED", "DETERMINISTIC", "AMP", "CHANNELS_LAST", "SYNC_BN", "FUSED_LOSS", "CUDA_GRAPHS", "DEVICE_VIEWS", "FAST", "EVAL_FREQ", "LOADER"}
 
@@ -57,12 +57,12 @@ def test_register_is_idempotent(host):
 
 
 @needs_host
-def test_cfg_sld_node_is_exactly_the_issues(host):
+def test_cfg_sld_node_is_exactly_the_documented_one(host):
     node = host.cfg.SLD
-    assert set(node.keys()) == set(ISSUE_SLD_NODE)
-    for key, expected in ISSUE_SLD_NODE.items():
+    assert set(node.keys()) == set(EXPECTED_SLD_NODE)
+    for key, expected in EXPECTED_SLD_NODE.items():
         value = node[key]
-        assert value == expected, f"SLD.{key} = {value!r}, the issue says {expected!r}"
+        assert value == expected, f"SLD.{key} = {value!r}, expected {expected!r} (tests/helpers/expected.py)"
         assert type(value) is type(expected), f"SLD.{key} has type {type(value).__name__}"
     assert all(isinstance(t, float) for t in node.TEMPERATURES)
 
