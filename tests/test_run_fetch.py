@@ -44,9 +44,12 @@ HOST = os.environ.get("SLKD_MDISTILLER_PATH")
 
 
 @pytest.fixture(autouse=True)
-def _no_root_env(monkeypatch):
+def _no_root_env(monkeypatch, tmp_path_factory):
+    """No variable names a checkout, and the working directory is an empty folder: a
+    ./mdistiller there (where scripts/quickstart.sh clones it) would be found first."""
     for name in fetch.ROOT_ENV_VARS:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
 
 
 def env_without_roots():
