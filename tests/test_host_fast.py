@@ -76,6 +76,15 @@ def test_a_key_in_the_config_file_keeps_its_value(host, on_gpu, tmp_path):
 
 
 @pytest.mark.host
+def test_a_shipped_config_name_works_with_fast_from_any_folder(host, on_gpu, tmp_path, monkeypatch):
+    """--cfg given as a shipped config's name (no such file in the working directory): --fast
+    reads the same file to see which keys the config sets."""
+    monkeypatch.chdir(tmp_path)
+    cfg = built(host, ["--cfg", "cifar100/sld/res32x4_res8x4.yaml", "--fast"])
+    assert fast_keys(cfg) == FAST_ON and cfg.DISTILLER.TYPE == "SLD"
+
+
+@pytest.mark.host
 def test_what_does_not_apply_to_the_run_stays_off_with_its_reason(host, on_gpu, capsys, monkeypatch):
     cfg = built(host, ["--cfg", MLKD_CFG, "--fast"])
     assert fast_keys(cfg) == {**FAST_ON, "FUSED_LOSS": False}

@@ -17,6 +17,9 @@ import torch.nn.functional as F
 from .common import CE_WEIGHT, FULL_RUN, GAMMA, KD_WEIGHT, LR, MODE_OPTIONS, Settings, git_state
 from .loss import literal_view_loss
 
+BASE_CONFIG = "cifar100/sld/res32x4_res8x4.yaml"
+"""The shipped config the step and estimate sections start from (their settings override it)."""
+
 
 def import_host_or_reason(no_host: bool):
     """(host, info, None) or (None, None, reason)."""
@@ -120,7 +123,7 @@ class Bench:
     def cfg(self, precision="fp32", workers=0, mode="eager"):
         """slkd-train's config for ``precision`` in ``mode`` (:data:`MODE_OPTIONS`); ``fast``
         is slkd-train's ``--fast``, which sets its own precision (bf16, channels-last)."""
-        argv = ["--device", self.device.type]
+        argv = ["--cfg", BASE_CONFIG, "--device", self.device.type]
         if mode == "fast":
             argv.append("--fast")
         else:

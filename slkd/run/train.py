@@ -99,7 +99,8 @@ def build_config(args, host_cfg):
 
     if not args.cfg:
         raise UsageError("--cfg is missing: give a config, e.g. slkd-train --cfg cifar100/sld/res32x4_res8x4.yaml")
-    cfg = load_config(host_cfg, resolve_config(args.cfg), list(args.opts))
+    config_file = resolve_config(args.cfg)
+    cfg = load_config(host_cfg, config_file, list(args.opts))
     if args.seed is not None:
         cfg.SLKD.SEED = args.seed
     if args.deterministic:
@@ -117,7 +118,7 @@ def build_config(args, host_cfg):
     if args.fast:
         cfg.SLKD.FAST = True
     if cfg.SLKD.FAST:
-        kept = fast.expand(cfg, _explicit_keys(args), torchrun=launched_by_torchrun())
+        kept = fast.expand(cfg, _explicit_keys(args, config_file), torchrun=launched_by_torchrun())
         fast.check(cfg, resolve_device(args.device))
         if int(os.environ.get("RANK", "0")) == 0:
             print(fast.summary(cfg, kept), flush=True)
@@ -149,17 +150,17 @@ FLAG_KEYS = {
 }
 
 
-def _explicit_keys(args) -> set:
-    """The config keys the run sets itself: in its config file, as ``KEY VALUE`` overrides,
-    or by a flag (``--fast`` leaves these as they are)."""
+def _explicit_keys(args, config_file) -> set:
+    """The config keys the run sets itself: in its config file (``config_file``, ``--cfg``
+    resolved), as ``KEY VALUE`` overrides, or by a flag (``--fast`` leaves these as they are)."""
     import yaml
 
     from slkd.utils.settings import flatten
 
     keys = set(list(args.opts)[::2])
     keys |= {key for attribute, key in FLAG_KEYS.items() if getattr(args, attribute) not in (None, False)}
-    if args.cfg:
-        with open(args.cfg) as handle:  # read and checked by load_config already
+    if config_file:
+        with open(config_file) as handle:  # read and checked by load_config already
             keys |= set(flatten(yaml.safe_load(handle) or {}))
     return keys
 
